@@ -1,0 +1,643 @@
+"""The wire contract between agents and the control plane.
+
+Every frame is one JSON text object ``{"type", "id", "ts", "payload"}``.
+Payloads are dataclasses; decoding is strict (unknown message types,
+unknown or missing fields, wrong types and oversized frames are refused
+with a :class:`ProtocolError` that names the problem) so that neither side
+ever acts on a half-understood message.
+
+This module is shared by the agent and the control plane and therefore
+imports nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+import types
+import typing
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 1024 * 1024
+# Nesting deeper than any legitimate payload is refused before it reaches
+# the type walker, so a hostile frame cannot exhaust the stack.
+MAX_NESTING = 32
+
+HEARTBEAT_INTERVAL_S = 30.0
+OFFLINE_AFTER_S = 90.0
+
+JobKind = Literal[
+    "backup",
+    "init",
+    "forget",
+    "prune",
+    "check",
+    "unlock",
+    "restore",
+    "diff",
+    "update",
+    "snapshots",
+    "stats",
+]
+JOB_KINDS: tuple[str, ...] = get_args(JobKind)
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+Actor = Literal["operator", "schedule", "system", "agent"]
+LogStream = Literal["stdout", "stderr", "agent", "hook"]
+
+ErrorCode = Literal[
+    "protocol_too_old",
+    "protocol_too_new",
+    "bad_frame",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "internal",
+]
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be accepted; ``code`` is suitable for an error envelope."""
+
+    def __init__(self, message: str, code: str = "bad_frame") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------
+# Payload building blocks
+
+
+@dataclass(frozen=True)
+class RepoCredentials:
+    url: str
+    password: str
+    username: str | None = None
+    backend_password: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Never let a secret slip into a log line through repr().
+        return (
+            f"RepoCredentials(url=<redacted>, username={self.username!r}, "
+            f"env_keys={sorted(self.env)})"
+        )
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep_last: int | None = None
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: str | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in dataclasses.astuple(self))
+
+
+@dataclass(frozen=True)
+class SourceGroupSpec:
+    id: int
+    name: str
+    includes: list[str]
+    excludes: list[str] = field(default_factory=list)
+    retention: Retention = field(default_factory=Retention)
+    retry_max: int = 0
+    retry_backoff_seconds: int = 300
+    pre_hook: str | None = None
+    post_hook: str | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    id: int
+    cron: str
+    enabled: bool
+    source_group_ids: list[int]
+
+
+@dataclass(frozen=True)
+class MaintenanceSpec:
+    enabled: bool = True
+    forget_cron: str | None = None
+    prune_cron: str | None = None
+    check_cron: str | None = None
+    check_subset_percent: int = 5
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    upload_kib_s: int | None = None
+    download_kib_s: int | None = None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    seq: int
+    ts: float
+    stream: LogStream
+    text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    percent: float
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    current_file: str | None = None
+    eta_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    id: str
+    short_id: str
+    time: str
+    hostname: str
+    paths: list[str]
+    tags: list[str] = field(default_factory=list)
+    tree: str | None = None
+
+
+@dataclass(frozen=True)
+class RpcError:
+    code: str
+    message: str
+
+
+# ---------------------------------------------------------------------------
+# Messages. ``TYPE`` is the wire name; ``DURABLE`` marks agent events that
+# go through the agent's outbox and are acknowledged by the server.
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    DURABLE: ClassVar[bool] = False
+
+
+# Agent -> control plane -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    protocol_version: int
+    agent_version: str
+    hostname: str
+    os: str
+    arch: str
+    restic_version: str | None = None
+    schedule_version: int = 0
+    running_job_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    TYPE: ClassVar[str] = "heartbeat"
+    running_job_ids: list[str] = field(default_factory=list)
+    outbox_pending: int = 0
+
+
+@dataclass(frozen=True)
+class JobStarted(Message):
+    TYPE: ClassVar[str] = "job.started"
+    DURABLE: ClassVar[bool] = True
+    job_id: str
+    seq: int
+    kind: JobKind
+    actor: Actor
+    started_at: float
+    source_group_id: int | None = None
+    schedule_id: int | None = None
+
+
+@dataclass(frozen=True)
+class JobProgress(Message):
+    TYPE: ClassVar[str] = "job.progress"
+    DURABLE: ClassVar[bool] = True
+    job_id: str
+    seq: int
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class JobLog(Message):
+    TYPE: ClassVar[str] = "job.log"
+    DURABLE: ClassVar[bool] = True
+    job_id: str
+    seq: int
+    lines: list[LogLine]
+
+
+@dataclass(frozen=True)
+class JobFinished(Message):
+    TYPE: ClassVar[str] = "job.finished"
+    DURABLE: ClassVar[bool] = True
+    job_id: str
+    seq: int
+    status: Literal["succeeded", "failed", "cancelled"]
+    finished_at: float
+    exit_code: int | None = None
+    error: str | None = None
+    warnings: bool = False
+    summary: dict[str, Any] | None = None
+    # For init/probe jobs: the repository's state as the agent saw it.
+    repo_status: Literal["ready", "init_failed"] | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotsReport(Message):
+    TYPE: ClassVar[str] = "snapshots.report"
+    DURABLE: ClassVar[bool] = True
+    collected_at: float
+    snapshots: list[SnapshotInfo]
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RepoStatsReport(Message):
+    TYPE: ClassVar[str] = "repo.stats"
+    DURABLE: ClassVar[bool] = True
+    collected_at: float
+    total_size: int
+    snapshot_count: int | None = None
+    total_uncompressed_size: int | None = None
+    blob_count: int | None = None
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleAck(Message):
+    TYPE: ClassVar[str] = "schedule.ack"
+    version: int
+
+
+@dataclass(frozen=True)
+class RpcResult(Message):
+    TYPE: ClassVar[str] = "rpc.result"
+    call_id: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: RpcError | None = None
+
+
+# Control plane -> agent -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigUpdate(Message):
+    TYPE: ClassVar[str] = "config.update"
+    repository: RepoCredentials | None
+    bandwidth: Bandwidth = field(default_factory=Bandwidth)
+    default_pre_hook: str | None = None
+    default_post_hook: str | None = None
+    restore_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSet(Message):
+    TYPE: ClassVar[str] = "schedule.set"
+    version: int
+    schedules: list[ScheduleSpec]
+    source_groups: list[SourceGroupSpec]
+    maintenance: MaintenanceSpec = field(default_factory=MaintenanceSpec)
+
+
+@dataclass(frozen=True)
+class CommandRun(Message):
+    TYPE: ClassVar[str] = "command.run"
+    job_id: str
+    kind: JobKind
+    actor: Actor
+    source_group: SourceGroupSpec | None = None
+    # Only for jobs that need the admin slot; the agent never persists it.
+    credentials: RepoCredentials | None = None
+    bandwidth: Bandwidth | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandCancel(Message):
+    TYPE: ClassVar[str] = "command.cancel"
+    job_id: str
+
+
+@dataclass(frozen=True)
+class CommandUpdate(Message):
+    TYPE: ClassVar[str] = "command.update"
+    job_id: str
+    version: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RpcCall(Message):
+    TYPE: ClassVar[str] = "rpc.call"
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    TYPE: ClassVar[str] = "ack"
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    TYPE: ClassVar[str] = "error"
+    code: ErrorCode
+    message: str
+    # The id of the frame this error answers, when there was one.
+    ref: str | None = None
+
+
+AGENT_MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    Heartbeat,
+    JobStarted,
+    JobProgress,
+    JobLog,
+    JobFinished,
+    SnapshotsReport,
+    RepoStatsReport,
+    ScheduleAck,
+    RpcResult,
+    Error,
+)
+SERVER_MESSAGES: tuple[type[Message], ...] = (
+    ConfigUpdate,
+    ScheduleSet,
+    CommandRun,
+    CommandCancel,
+    CommandUpdate,
+    RpcCall,
+    Ack,
+    Error,
+)
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (*AGENT_MESSAGES, *SERVER_MESSAGES)
+}
+
+
+# ---------------------------------------------------------------------------
+# Envelope
+
+
+@dataclass(frozen=True)
+class Envelope:
+    type: str
+    id: str
+    ts: float
+    payload: Message
+
+
+M = TypeVar("M", bound=Message)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode(message: Message, *, msg_id: str | None = None, ts: float | None = None) -> str:
+    """Serialise a message to one text frame."""
+    frame = {
+        "type": message.TYPE,
+        "id": msg_id or new_id(),
+        "ts": time.time() if ts is None else ts,
+        "payload": to_dict(message),
+    }
+    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if len(text.encode("utf-8")) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"{message.TYPE} frame exceeds {MAX_FRAME_BYTES} bytes")
+    return text
+
+
+def parse_frame(data: str | bytes) -> dict[str, Any]:
+    """First stage of decoding: size cap, JSON, envelope shape."""
+    if isinstance(data, str):
+        size = len(data.encode("utf-8", errors="surrogatepass"))
+    elif isinstance(data, bytes | bytearray):
+        size = len(data)
+    else:
+        raise ProtocolError("frame must be text")
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame must be a JSON object")
+    _check_depth(obj, 0)
+    for key, kind in (("type", str), ("id", str)):
+        if not isinstance(obj.get(key), kind):
+            raise ProtocolError(f"envelope field '{key}' must be a string")
+    if not _is_number(obj.get("ts")):
+        raise ProtocolError("envelope field 'ts' must be a number")
+    if not isinstance(obj.get("payload"), dict):
+        raise ProtocolError("envelope field 'payload' must be an object")
+    extra = set(obj) - {"type", "id", "ts", "payload"}
+    if extra:
+        raise ProtocolError(f"unknown envelope field(s): {', '.join(sorted(extra))}")
+    if len(obj["id"]) > 128:
+        raise ProtocolError("envelope id is too long")
+    return obj
+
+
+def decode(data: str | bytes, *, allowed: tuple[type[Message], ...] | None = None) -> Envelope:
+    """Decode one frame strictly; raises ProtocolError with a clear message."""
+    obj = parse_frame(data)
+    cls = MESSAGE_TYPES.get(obj["type"])
+    if cls is None or (allowed is not None and cls not in allowed):
+        raise ProtocolError(f"unknown message type {obj['type']!r}")
+    payload = from_dict(cls, obj["payload"])
+    return Envelope(type=obj["type"], id=obj["id"], ts=float(obj["ts"]), payload=payload)
+
+
+def peek_protocol_version(frame: Mapping[str, Any]) -> int | None:
+    """The protocol version a hello claims, read before strict decoding so
+    that an agent of another version gets a version error, not a parse error."""
+    payload = frame.get("payload")
+    if frame.get("type") != Hello.TYPE or not isinstance(payload, dict):
+        return None
+    version = payload.get("protocol_version")
+    if isinstance(version, int) and not isinstance(version, bool):
+        return version
+    return None
+
+
+def version_error(agent_version: int) -> Error | None:
+    """The error to send to an agent speaking ``agent_version``, or None if compatible."""
+    if agent_version < PROTOCOL_VERSION:
+        return Error(
+            code="protocol_too_old",
+            message=(
+                f"agent speaks protocol {agent_version}, the control plane needs "
+                f"{PROTOCOL_VERSION}: update the agent"
+            ),
+        )
+    if agent_version > PROTOCOL_VERSION:
+        return Error(
+            code="protocol_too_new",
+            message=(
+                f"agent speaks protocol {agent_version}, the control plane only knows "
+                f"{PROTOCOL_VERSION}: update the desktop app"
+            ),
+        )
+    return None
+
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 certificate fingerprint as lowercase hex; colons, spaces and case ignored."""
+    cleaned = re.sub(r"[\s:]", "", text).lower()
+    if cleaned.startswith("sha256"):
+        cleaned = cleaned[len("sha256") :].lstrip("=")
+    if not _HEX.match(cleaned):
+        raise ValueError("certificate fingerprint must be 64 hexadecimal digits (SHA-256)")
+    return cleaned
+
+
+# ---------------------------------------------------------------------------
+# Dataclass <-> dict
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        raise TypeError(f"{obj!r} is not a dataclass instance")
+    return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Any, *, path: str = "") -> T:
+    """Build ``cls`` from ``data``, checking every field against its type hint."""
+    where = path or getattr(cls, "TYPE", "") or cls.__name__
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{where}: expected an object")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ProtocolError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(f"{where}: missing field '{name}'")
+            continue
+        kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+_HINT_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINT_CACHE.get(cls)
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        _HINT_CACHE[cls] = hints
+    return hints
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if hint is Any:
+        # Free-form values (summaries, RPC params) are already plain JSON.
+        return value
+    if origin is Union or origin is types.UnionType:
+        options = get_args(hint)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ProtocolError(f"{where}: must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where)
+            except ProtocolError as exc:
+                errors.append(str(exc))
+        raise ProtocolError(errors[0] if len(errors) == 1 else f"{where}: wrong type")
+    if origin is Literal:
+        allowed = get_args(hint)
+        if not isinstance(value, str) or value not in allowed:
+            raise ProtocolError(f"{where}: must be one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list")
+        (item,) = get_args(hint)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        _, item = get_args(hint)
+        return {k: _convert(item, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path=where)  # type: ignore[arg-type]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected true or false")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected an integer")
+        return value
+    if hint is float:
+        if not _is_number(value):
+            raise ProtocolError(f"{where}: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where}: expected a string")
+        return value
+    raise ProtocolError(f"{where}: unsupported type {hint!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise ProtocolError(f"frame nests deeper than {MAX_NESTING} levels")
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_depth(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_depth(v, depth + 1)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
