@@ -394,6 +394,35 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 # ---------------------------------------------------------------------------
+# Enrolment (plain HTTPS JSON, before the WebSocket exists)
+
+ENROL_PATH = "/api/agents/enrol"
+WS_PATH = "/ws/agent"
+
+
+@dataclass(frozen=True)
+class EnrolRequest:
+    token: str
+    hostname: str
+    os: str
+    arch: str
+    agent_version: str
+    restic_version: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrolResponse:
+    host_id: int
+    bearer: str
+    hostname: str
+
+    def __repr__(self) -> str:
+        return (
+            f"EnrolResponse(host_id={self.host_id}, bearer=<redacted>, hostname={self.hostname!r})"
+        )
+
+
+# ---------------------------------------------------------------------------
 # Envelope
 
 
