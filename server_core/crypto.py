@@ -219,8 +219,7 @@ def load_or_create_data_key(
     warning = (
         f"No usable OS keyring ({unusable_reason}); the data key was written to "
         f"{key_file} (mode 0600), protected only by file permissions: anyone who can "
-        "read it and the database can decrypt the stored repository passwords. "
-        + _KEYRING_HOWTO
+        "read it and the database can decrypt the stored repository passwords. " + _KEYRING_HOWTO
     )
     logger.warning("%s", warning)
     return DataKeyInfo(key=key, source="file", warning=warning)
@@ -288,7 +287,9 @@ def _key_from_keyring(
         backend.set_password(KEYRING_SERVICE, username, encoded)
         read_back = backend.get_password(KEYRING_SERVICE, username)
     except Exception as exc:
-        raise _KeyringUnusable(f"writing to the keyring failed: {type(exc).__name__}: {exc}") from exc
+        raise _KeyringUnusable(
+            f"writing to the keyring failed: {type(exc).__name__}: {exc}"
+        ) from exc
     if read_back != encoded:
         # Some backends drop writes silently; a key we cannot read back is lost.
         with contextlib.suppress(Exception):

@@ -1,0 +1,245 @@
+"""Adding hosts: one-time enrolment tokens and the agent bearers they turn into."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.protocol import EnrolRequest, EnrolResponse, RepoCredentials
+from server_core import audit, credentials, tokens
+from server_core.errors import Conflict, InvalidInput, Unauthorized
+from server_core.events import HostChanged
+from server_core.models import EnrolmentToken, Host, SourceGroup
+from server_core.services.context import SYSTEM, Actor, ServiceContext
+from server_core.services.jobs import create_job
+
+TOKEN_TTL_S = 3600.0
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+DEFAULT_GROUP = "default"
+
+
+@dataclass(frozen=True)
+class NewHost:
+    """A validated add-host request."""
+
+    hostname: str
+    repository: RepoCredentials
+    admin_repository: RepoCredentials | None = None
+    initial_paths: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EnrolmentGrant:
+    token: str
+    host_id: int
+    expires_at: float
+
+
+def parse_new_host(body: Any) -> NewHost:
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    allowed = {"hostname", "repository", "admin_repository", "initial_paths", "tags"}
+    unknown = set(body) - allowed
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+    hostname = body.get("hostname")
+    if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
+        raise InvalidInput(
+            "'hostname' must be a host name (letters, digits, '.', '-', '_')", field="hostname"
+        )
+    repository = credentials.parse_repository(body.get("repository"), "repository")
+    admin = None
+    if body.get("admin_repository") is not None:
+        admin = credentials.parse_repository(body["admin_repository"], "admin_repository")
+    paths = body.get("initial_paths", [])
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise InvalidInput("'initial_paths' must be a list of paths", field="initial_paths")
+    for p in paths:
+        if not (p.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", p)) or "\0" in p:
+            raise InvalidInput(
+                f"'initial_paths' entry {p!r} must be an absolute path", field="initial_paths"
+            )
+    if len(paths) > 1000:
+        raise InvalidInput("'initial_paths' has more than 1000 entries", field="initial_paths")
+    tags = body.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) and _TAG.match(t) for t in tags):
+        raise InvalidInput(
+            "'tags' must be a list of short words (letters, digits, '.', '_', ':', '/', '-')",
+            field="tags",
+        )
+    return NewHost(
+        hostname=hostname,
+        repository=repository,
+        admin_repository=admin,
+        initial_paths=list(dict.fromkeys(paths)),
+        tags=list(dict.fromkeys(tags)),
+    )
+
+
+class EnrolmentService:
+    def __init__(self, ctx: ServiceContext, *, install_command: Callable[[str], str]) -> None:
+        self._ctx = ctx
+        self._install_command = install_command
+
+    def install_command(self, token: str) -> str:
+        return self._install_command(token)
+
+    async def add_host(self, new: NewHost, actor: Actor) -> EnrolmentGrant:
+        token = tokens.new_token("rme")
+        now = time.time()
+
+        def run() -> EnrolmentGrant:
+            if Host.get_or_none(Host.name == new.hostname) is not None:
+                raise Conflict(
+                    f"a host named {new.hostname} already exists: regenerate its token or "
+                    "delete it first",
+                    field="hostname",
+                )
+            host = Host.create(name=new.hostname, created_at=now, tags=json.dumps(new.tags))
+            credentials.save(self._ctx.box, host.id, "everyday", new.repository)
+            if new.admin_repository is not None:
+                credentials.save(self._ctx.box, host.id, "admin", new.admin_repository)
+            EnrolmentToken.create(
+                host=host,
+                token_hash=tokens.hash_token(token),
+                created_at=now,
+                expires_at=now + TOKEN_TTL_S,
+                initial_paths=json.dumps(new.initial_paths),
+            )
+            audit.record(
+                actor.kind,
+                "host.created",
+                actor_id=actor.id,
+                target_kind="host",
+                target_id=host.id,
+                payload={
+                    "name": new.hostname,
+                    "url": credentials.redact_url(new.repository.url),
+                    "admin_slot": new.admin_repository is not None,
+                    "initial_paths": new.initial_paths,
+                    "tags": new.tags,
+                },
+            )
+            audit.record(
+                actor.kind,
+                "enrolment_token.created",
+                actor_id=actor.id,
+                target_kind="host",
+                target_id=host.id,
+                payload={"expires_at": now + TOKEN_TTL_S},
+            )
+            return EnrolmentGrant(token=token, host_id=host.id, expires_at=now + TOKEN_TTL_S)
+
+        grant = await self._ctx.store.transaction(run)
+        self._ctx.bus.publish(HostChanged(grant.host_id))
+        return grant
+
+    async def redeem(self, req: EnrolRequest, source_ip: str | None) -> EnrolResponse:
+        """An agent trades a one-time token for its host id and a persistent bearer."""
+        bearer = tokens.new_token("rmb")
+        now = time.time()
+
+        def run() -> EnrolResponse:
+            row = EnrolmentToken.get_or_none(
+                EnrolmentToken.token_hash == tokens.hash_token(req.token)
+            )
+            problem = None
+            if row is None or not tokens.token_matches(req.token, row.token_hash):
+                problem = "unknown token"
+            elif row.used_at is not None:
+                problem = "token already used"
+            elif row.revoked_at is not None:
+                problem = "token revoked"
+            elif row.expires_at < now:
+                problem = "token expired"
+            if problem is not None:
+                audit.record(
+                    "agent",
+                    "enrolment.refused",
+                    payload={"reason": problem, "hostname": req.hostname, "source_ip": source_ip},
+                )
+                raise Unauthorized(
+                    f"enrolment refused: {problem}; create a new token in the app "
+                    "(Add host, or Regenerate on the host)"
+                )
+            host = Host.get_by_id(row.host_id)
+            row.used_at = now
+            row.save()
+            host.bearer_hash = tokens.hash_token(bearer)
+            host.enrolled_at = now
+            host.os = req.os[:32]
+            host.arch = req.arch[:32]
+            host.agent_version = req.agent_version[:64]
+            host.restic_version = (req.restic_version or "")[:64] or None
+            host.last_ip = source_ip
+            host.repo_status = "unknown"
+            host.save()
+            paths = json.loads(row.initial_paths)
+            has_group = SourceGroup.select().where(SourceGroup.host == host.id).exists()
+            if paths and not has_group:
+                group = SourceGroup.create(
+                    host=host,
+                    name=DEFAULT_GROUP,
+                    includes=json.dumps(paths),
+                    created_at=now,
+                    updated_at=now,
+                )
+                audit.record(
+                    "system",
+                    "source_group.created",
+                    target_kind="source_group",
+                    target_id=group.id,
+                    payload={"host_id": host.id, "name": DEFAULT_GROUP, "includes": paths},
+                )
+            audit.record(
+                "agent",
+                "host.enrolled",
+                actor_id=host.id,
+                target_kind="host",
+                target_id=host.id,
+                payload={
+                    "reported_hostname": req.hostname,
+                    "os": req.os,
+                    "arch": req.arch,
+                    "agent_version": req.agent_version,
+                    "source_ip": source_ip,
+                },
+            )
+            # Probe the repository at once so a wrong password or URL shows
+            # up now, not as a silent missed backup days later.
+            create_job(host.id, "init", SYSTEM)
+            return EnrolResponse(host_id=host.id, bearer=bearer, hostname=host.name)
+
+        response = await self._ctx.store.transaction(run)
+        self._ctx.bus.publish(HostChanged(response.host_id))
+        return response
+
+    async def authenticate(self, bearer: str) -> int | None:
+        """The host a bearer belongs to, or None."""
+
+        def run() -> int | None:
+            row = Host.get_or_none(Host.bearer_hash == tokens.hash_token(bearer))
+            if row is None or not tokens.token_matches(bearer, row.bearer_hash):
+                return None
+            return int(row.id)
+
+        return await self._ctx.store.call(run)
+
+
+def default_install_command(server_url: str, cert_sha256: str) -> Callable[[str], str]:
+    def command(token: str) -> str:
+        return (
+            "sudo restic-manager-agent enrol "
+            f"--server {shlex.quote(server_url)} --token {shlex.quote(token)} "
+            f"--cert-sha256 {cert_sha256} --config /etc/restic-manager-agent/config.toml"
+            " && sudo restic-manager-agent run --config /etc/restic-manager-agent/config.toml"
+        )
+
+    return command

@@ -1,0 +1,250 @@
+"""Hosts: the fleet table, credentials, deletion."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+import peewee as pw
+
+from server_core import agent_sync, audit, credentials
+from server_core.errors import InvalidInput, NotFound
+from server_core.events import HostChanged, HostRemoved
+from server_core.models import (
+    Alert,
+    Host,
+    HostCredential,
+    Job,
+    RepoStats,
+    Snapshot,
+    SourceGroup,
+)
+from server_core.services.context import Actor, ServiceContext
+from server_core.views import CredentialSummary, HostView, SnapshotView, SourceGroupView
+
+
+class JobDispatcher(Protocol):
+    async def dispatch(
+        self,
+        host_id: int,
+        kind: str,
+        *,
+        actor: Actor,
+        source_group_id: int | None = None,
+        require_online: bool = True,
+    ) -> str: ...
+
+
+def host_views(host_ids: list[int] | None = None) -> list[HostView]:
+    """Build fleet rows with a fixed number of queries, whatever the fleet size."""
+    query = Host.select().order_by(Host.name)
+    if host_ids is not None:
+        query = query.where(Host.id.in_(host_ids))
+    hosts = list(query)
+    if not hosts:
+        return []
+    ids = [h.id for h in hosts]
+    latest = (
+        Job.select(Job.host, pw.fn.MAX(Job.finished_at).alias("at"))
+        .where((Job.host.in_(ids)) & (Job.kind == "backup") & Job.finished_at.is_null(False))
+        .group_by(Job.host)
+    )
+    last_backup: dict[int, tuple[float, str]] = {}
+    for row in latest:
+        job = (
+            Job.select(Job.status, Job.warnings)
+            .where((Job.host == row.host_id) & (Job.kind == "backup") & (Job.finished_at == row.at))
+            .first()
+        )
+        if job is not None:
+            status = (
+                "succeeded_with_warnings"
+                if job.status == "succeeded" and job.warnings
+                else job.status
+            )
+            last_backup[row.host_id] = (row.at, status)
+    snap_counts = dict(
+        Snapshot.select(Snapshot.host, pw.fn.COUNT(Snapshot.id))
+        .where(Snapshot.host.in_(ids))
+        .group_by(Snapshot.host)
+        .tuples()
+    )
+    sizes = dict(
+        RepoStats.select(RepoStats.host, RepoStats.total_size)
+        .where(RepoStats.host.in_(ids))
+        .tuples()
+    )
+    alerts = dict(
+        Alert.select(Alert.host, pw.fn.COUNT(Alert.id))
+        .where(Alert.host.in_(ids) & (Alert.status != "resolved"))
+        .group_by(Alert.host)
+        .tuples()
+    )
+    views = []
+    for h in hosts:
+        at, status = last_backup.get(h.id, (None, None))
+        views.append(
+            HostView(
+                id=h.id,
+                name=h.name,
+                status="online" if h.online else "offline",
+                enrolled=h.enrolled_at is not None,
+                os=h.os,
+                arch=h.arch,
+                agent_version=h.agent_version,
+                restic_version=h.restic_version,
+                last_seen_at=h.last_seen_at,
+                last_backup_at=at,
+                last_backup_status=status,
+                repo_status=h.repo_status,
+                repo_status_error=h.repo_status_error,
+                snapshot_count=int(snap_counts.get(h.id, 0)),
+                repo_size_bytes=sizes.get(h.id),
+                open_alerts=int(alerts.get(h.id, 0)),
+                tags=list(json.loads(h.tags)),
+                presence_mode=h.presence_mode,
+                created_at=h.created_at,
+            )
+        )
+    return views
+
+
+def source_group_view(box: Any, g: SourceGroup) -> SourceGroupView:
+    hooks = agent_sync.group_hooks(box, g)
+    return SourceGroupView(
+        id=g.id,
+        host_id=g.host_id,
+        name=g.name,
+        includes=list(json.loads(g.includes)),
+        excludes=list(json.loads(g.excludes)),
+        retention=dict(json.loads(g.retention)),
+        retry_max=g.retry_max,
+        retry_backoff_seconds=g.retry_backoff_seconds,
+        has_pre_hook=bool(hooks.get("pre")),
+        has_post_hook=bool(hooks.get("post")),
+        created_at=g.created_at,
+        updated_at=g.updated_at,
+    )
+
+
+def require_host(host_id: int) -> Host:
+    host: Host | None = Host.get_or_none(Host.id == host_id)
+    if host is None:
+        raise NotFound(f"host {host_id} does not exist")
+    return host
+
+
+class HostService:
+    def __init__(self, ctx: ServiceContext, jobs: JobDispatcher) -> None:
+        self._ctx = ctx
+        self._jobs = jobs
+
+    async def list_hosts(self) -> list[HostView]:
+        return await self._ctx.store.call(host_views)
+
+    async def get_host(self, host_id: int) -> HostView:
+        def run() -> HostView:
+            require_host(host_id)
+            return host_views([host_id])[0]
+
+        return await self._ctx.store.call(run)
+
+    async def list_source_groups(self, host_id: int) -> list[SourceGroupView]:
+        def run() -> list[SourceGroupView]:
+            require_host(host_id)
+            groups = (
+                SourceGroup.select().where(SourceGroup.host == host_id).order_by(SourceGroup.id)
+            )
+            return [source_group_view(self._ctx.box, g) for g in groups]
+
+        return await self._ctx.store.call(run)
+
+    async def list_snapshots(self, host_id: int) -> list[SnapshotView]:
+        def run() -> list[SnapshotView]:
+            require_host(host_id)
+            rows = Snapshot.select().where(Snapshot.host == host_id).order_by(Snapshot.time.desc())
+            return [
+                SnapshotView(
+                    id=s.snapshot_id,
+                    short_id=s.short_id,
+                    time=s.time,
+                    hostname=s.hostname,
+                    paths=list(json.loads(s.paths)),
+                    tags=list(json.loads(s.tags)),
+                )
+                for s in rows
+            ]
+
+        return await self._ctx.store.call(run)
+
+    async def credential_summaries(self, host_id: int) -> list[CredentialSummary]:
+        def run() -> list[CredentialSummary]:
+            require_host(host_id)
+            out = []
+            for row in HostCredential.select().where(HostCredential.host == host_id):
+                creds = credentials.load(self._ctx.box, host_id, row.slot)
+                assert creds is not None
+                out.append(
+                    CredentialSummary(
+                        slot=row.slot,
+                        url=row.url_display,
+                        has_password=bool(creds.password),
+                        username=creds.username,
+                        env_keys=sorted(creds.env),
+                        updated_at=row.updated_at,
+                    )
+                )
+            return out
+
+        return await self._ctx.store.call(run)
+
+    async def set_credentials(self, host_id: int, slot: str, repository: Any, actor: Actor) -> None:
+        """Replace a credential slot; the agent gets it at once and the repo is re-probed."""
+        if slot not in credentials.SLOTS:
+            raise InvalidInput("'slot' must be 'everyday' or 'admin'", field="slot")
+        creds = credentials.parse_repository(repository)
+
+        def run() -> bool:
+            host = require_host(host_id)
+            credentials.save(self._ctx.box, host_id, slot, creds)
+            audit.record(
+                actor.kind,
+                "host.credentials_updated",
+                actor_id=actor.id,
+                target_kind="host",
+                target_id=host_id,
+                payload={"slot": slot, "url": credentials.redact_url(creds.url)},
+            )
+            if slot != "everyday":
+                return False
+            host.repo_status = "unknown"
+            host.repo_status_error = None
+            host.save()
+            return True
+
+        reprobe = await self._ctx.store.transaction(run)
+        if reprobe:
+            update = await self._ctx.store.call(agent_sync.config_update, self._ctx.box, host_id)
+            await self._ctx.agents.send(host_id, update)
+            await self._jobs.dispatch(host_id, "init", actor=actor, require_online=False)
+        self._ctx.bus.publish(HostChanged(host_id))
+
+    async def delete_host(self, host_id: int, actor: Actor) -> None:
+        def run() -> str:
+            host = require_host(host_id)
+            name = str(host.name)
+            host.delete_instance()
+            audit.record(
+                actor.kind,
+                "host.deleted",
+                actor_id=actor.id,
+                target_kind="host",
+                target_id=host_id,
+                payload={"name": name},
+            )
+            return name
+
+        await self._ctx.store.transaction(run)
+        # The bearer is gone with the row; closing the socket makes it final now.
+        await self._ctx.agents.disconnect(host_id, "this host was deleted in the control plane")
+        self._ctx.bus.publish(HostRemoved(host_id))

@@ -1,0 +1,140 @@
+"""Read models handed across the server_core boundary (to the API and the UI).
+
+Plain frozen dataclasses: no peewee objects leave server_core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def as_json(obj: Any) -> Any:
+    """A view (or list of views) as JSON-ready data."""
+    if isinstance(obj, list):
+        return [as_json(o) for o in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: as_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [as_json(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: as_json(v) for k, v in obj.items()}
+    return obj
+
+
+@dataclass(frozen=True)
+class HostView:
+    id: int
+    name: str
+    status: str  # online | offline
+    enrolled: bool
+    os: str | None
+    arch: str | None
+    agent_version: str | None
+    restic_version: str | None
+    last_seen_at: float | None
+    last_backup_at: float | None
+    last_backup_status: str | None
+    repo_status: str  # unknown | ready | init_failed
+    repo_status_error: str | None
+    snapshot_count: int
+    repo_size_bytes: int | None
+    open_alerts: int
+    tags: list[str]
+    presence_mode: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class CredentialSummary:
+    slot: str
+    url: str  # with any embedded password removed
+    has_password: bool
+    username: str | None
+    env_keys: list[str]
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class SourceGroupView:
+    id: int
+    host_id: int
+    name: str
+    includes: list[str]
+    excludes: list[str]
+    retention: dict[str, Any]
+    retry_max: int
+    retry_backoff_seconds: int
+    has_pre_hook: bool
+    has_post_hook: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    host_id: int
+    kind: str
+    status: str
+    actor: str
+    source_group_id: int | None
+    schedule_id: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    exit_code: int | None
+    error: str | None
+    warnings: bool
+    summary: dict[str, Any] | None
+    progress: dict[str, Any] | None
+    log_lines: int
+
+
+@dataclass(frozen=True)
+class LogLineView:
+    seq: int
+    ts: float
+    stream: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    id: str
+    short_id: str
+    time: str
+    hostname: str
+    paths: list[str]
+    tags: list[str]
+
+
+@dataclass(frozen=True)
+class AuditView:
+    id: int
+    ts: float
+    actor_kind: str
+    actor_id: str | None
+    action: str
+    target_kind: str | None
+    target_id: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnrolmentTokenCreated:
+    host_id: int
+    token: str
+    expires_at: float
+    install_command: str
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    agent_url: str
+    cert_sha256: str
+    data_dir: str
+    key_source: str
+    warnings: list[str] = field(default_factory=list)
