@@ -1,0 +1,389 @@
+"""Applying what agents report, in batches.
+
+Durable agent events arrive on many sockets; they are queued and written
+in one transaction per batch (a chatty backup produces thousands of log
+lines a second), then acknowledged to each agent only after the commit,
+so an event the agent forgets is an event the database has.
+Application is idempotent: log lines are unique on (job, seq), job status
+only moves forward, snapshot reports replace the host's list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from agent.protocol import (
+    TERMINAL_STATUSES,
+    Envelope,
+    JobFinished,
+    JobLog,
+    JobProgress,
+    JobStarted,
+    Message,
+    RepoStatsReport,
+    SnapshotsReport,
+    to_dict,
+)
+from server_core import audit
+from server_core.events import (
+    Event,
+    EventBus,
+    HostChanged,
+    JobChanged,
+    JobLogAppended,
+    SnapshotsChanged,
+)
+from server_core.models import (
+    Host,
+    Job,
+    JobLogLine,
+    RepoStats,
+    RepoStatsDaily,
+    Schedule,
+    Snapshot,
+    SourceGroup,
+)
+from server_core.store import Store
+
+log = logging.getLogger(__name__)
+
+Acker = Callable[[list[str]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    host_id: int
+    envelope: Envelope
+    ack: Acker
+
+
+class Rejected(Exception):
+    """An event that must be dropped (and audited), never applied."""
+
+
+class EventIngestor:
+    def __init__(
+        self, store: Store, bus: EventBus, *, max_batch: int = 2000, queue_size: int = 20_000
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self.applied = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-ingestor")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        while not self._queue.empty():
+            await self._write(self._drain())
+
+    async def submit(self, item: Incoming) -> None:
+        # A full queue makes the socket reader wait: backpressure to the agent.
+        await self._queue.put(item)
+
+    def _drain(self) -> list[Incoming]:
+        batch: list[Incoming] = []
+        while len(batch) < self._max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first, *self._drain()]
+            try:
+                await self._write(batch)
+            except Exception:
+                log.exception("failed to write a batch of %d agent events", len(batch))
+
+    async def _write(self, batch: list[Incoming]) -> None:
+        if not batch:
+            return
+        try:
+            events = await self._store.transaction(self._apply_batch, batch)
+        except Exception:
+            # One bad event must not hold up the rest: retry one by one.
+            log.exception("batch write failed; applying %d events one by one", len(batch))
+            events = []
+            for item in batch:
+                try:
+                    events += await self._store.transaction(self._apply_batch, [item])
+                except Exception:
+                    log.exception(
+                        "dropping agent event %s (%s) from host %s",
+                        item.envelope.id,
+                        item.envelope.type,
+                        item.host_id,
+                    )
+        self.applied += len(batch)
+        by_acker: dict[Acker, list[str]] = {}
+        for item in batch:
+            by_acker.setdefault(item.ack, []).append(item.envelope.id)
+        for acker, ids in by_acker.items():
+            try:
+                await acker(ids)
+            except Exception:
+                # The agent will replay; application is idempotent.
+                log.debug("could not ack %d events", len(ids), exc_info=True)
+        self._bus.publish_all(events)
+
+    # -- applied on the store thread, inside one transaction -----------------
+
+    def _apply_batch(self, batch: list[Incoming]) -> list[Event]:
+        events: list[Event] = []
+        for item in batch:
+            msg = item.envelope.payload
+            try:
+                events += apply_event(item.host_id, msg)
+            except Rejected as exc:
+                log.warning("refused %s from host %s: %s", msg.TYPE, item.host_id, exc)
+                audit.record(
+                    "agent",
+                    "agent.event_refused",
+                    actor_id=item.host_id,
+                    target_kind="host",
+                    target_id=item.host_id,
+                    payload={"type": msg.TYPE, "reason": str(exc)},
+                )
+        return events
+
+
+def _job_for(host_id: int, job_id: str, *, kind: str = "unknown") -> Job:
+    job: Job | None = Job.get_or_none(Job.id == job_id)
+    if job is None:
+        # The agent minted this job (schedule, catch-up) or the start event
+        # was lost with a database restore: either way, keep what it says.
+        job = Job.create(
+            id=job_id,
+            host=host_id,
+            kind=kind,
+            status="running",
+            actor="agent",
+            created_at=time.time(),
+        )
+    elif job.host_id != host_id:
+        raise Rejected(f"job {job_id} belongs to another host")
+    return job
+
+
+def apply_event(host_id: int, msg: Message) -> list[Event]:
+    if isinstance(msg, JobStarted):
+        return _job_started(host_id, msg)
+    if isinstance(msg, JobProgress):
+        return _job_progress(host_id, msg)
+    if isinstance(msg, JobLog):
+        return _job_log(host_id, msg)
+    if isinstance(msg, JobFinished):
+        return _job_finished(host_id, msg)
+    if isinstance(msg, SnapshotsReport):
+        return _snapshots(host_id, msg)
+    if isinstance(msg, RepoStatsReport):
+        return _repo_stats(host_id, msg)
+    raise Rejected(f"{msg.TYPE} is not a durable event")
+
+
+def _job_started(host_id: int, msg: JobStarted) -> list[Event]:
+    job: Job | None = Job.get_or_none(Job.id == msg.job_id)
+    if job is not None and job.host_id != host_id:
+        raise Rejected(f"job {msg.job_id} belongs to another host")
+    group = None
+    if msg.source_group_id is not None:
+        group = SourceGroup.get_or_none(
+            (SourceGroup.id == msg.source_group_id) & (SourceGroup.host == host_id)
+        )
+    schedule = None
+    if msg.schedule_id is not None:
+        schedule = Schedule.get_or_none(
+            (Schedule.id == msg.schedule_id) & (Schedule.host == host_id)
+        )
+    if job is None:
+        job = Job.create(
+            id=msg.job_id,
+            host=host_id,
+            kind=msg.kind,
+            status="running",
+            actor=msg.actor,
+            source_group=group,
+            schedule=schedule,
+            created_at=msg.started_at,
+            started_at=msg.started_at,
+            last_seq=msg.seq,
+        )
+        audit.record(
+            "agent",
+            "job.started",
+            actor_id=host_id,
+            target_kind="job",
+            target_id=msg.job_id,
+            payload={"kind": msg.kind, "actor": msg.actor, "source_group_id": msg.source_group_id},
+        )
+    elif job.status == "queued" or job.kind == "unknown":
+        job.status = "running" if job.status not in TERMINAL_STATUSES else job.status
+        job.kind = msg.kind
+        job.started_at = msg.started_at
+        job.last_seq = max(job.last_seq, msg.seq)
+        job.save()
+        audit.record(
+            "agent",
+            "job.started",
+            actor_id=host_id,
+            target_kind="job",
+            target_id=msg.job_id,
+            payload={"kind": msg.kind},
+        )
+    return [JobChanged(msg.job_id, host_id)]
+
+
+def _job_progress(host_id: int, msg: JobProgress) -> list[Event]:
+    job = _job_for(host_id, msg.job_id)
+    # Replays and reordering must not move progress backwards or revive a finished job.
+    if job.status in TERMINAL_STATUSES or msg.seq <= job.last_seq:
+        return []
+    Job.update(progress=json.dumps(to_dict(msg.progress)), last_seq=msg.seq).where(
+        Job.id == job.id
+    ).execute()
+    return [JobChanged(msg.job_id, host_id)]
+
+
+def _job_log(host_id: int, msg: JobLog) -> list[Event]:
+    job = _job_for(host_id, msg.job_id)
+    if not msg.lines:
+        return []
+    db = Job._meta.database
+    before = db.connection().total_changes
+    rows = [(job.id, line.seq, line.ts, line.stream, line.text) for line in msg.lines]
+    fields = [JobLogLine.job, JobLogLine.seq, JobLogLine.ts, JobLogLine.stream, JobLogLine.text]
+    for start in range(0, len(rows), 500):
+        JobLogLine.insert_many(
+            rows[start : start + 500], fields=fields
+        ).on_conflict_ignore().execute()
+    inserted = db.connection().total_changes - before
+    if inserted:
+        Job.update(log_lines=Job.log_lines + inserted).where(Job.id == job.id).execute()
+    return [JobLogAppended(job.id, host_id, max(line.seq for line in msg.lines))]
+
+
+def _job_finished(host_id: int, msg: JobFinished) -> list[Event]:
+    job = _job_for(host_id, msg.job_id)
+    events: list[Event] = [JobChanged(job.id, host_id)]
+    if job.status in TERMINAL_STATUSES:
+        return events
+    job.status = msg.status
+    job.finished_at = msg.finished_at
+    job.started_at = job.started_at or msg.finished_at
+    job.exit_code = msg.exit_code
+    job.error = msg.error
+    job.warnings = msg.warnings
+    job.summary = json.dumps(msg.summary) if msg.summary is not None else None
+    job.last_seq = max(job.last_seq, msg.seq)
+    job.save()
+    audit.record(
+        "agent",
+        "job.finished",
+        actor_id=host_id,
+        target_kind="job",
+        target_id=job.id,
+        payload={
+            "kind": job.kind,
+            "status": msg.status,
+            "exit_code": msg.exit_code,
+            "warnings": msg.warnings,
+            "error": (msg.error or "")[:500] or None,
+        },
+    )
+    if msg.repo_status is not None:
+        Host.update(
+            repo_status=msg.repo_status,
+            repo_status_error=msg.error if msg.repo_status == "init_failed" else None,
+            repo_status_at=msg.finished_at,
+        ).where(Host.id == host_id).execute()
+        audit.record(
+            "agent",
+            "host.repo_status",
+            actor_id=host_id,
+            target_kind="host",
+            target_id=host_id,
+            payload={"repo_status": msg.repo_status, "job_id": job.id},
+        )
+    events.append(HostChanged(host_id))
+    return events
+
+
+def _snapshots(host_id: int, msg: SnapshotsReport) -> list[Event]:
+    now = time.time()
+    reported = {s.id: s for s in msg.snapshots}
+    existing = {
+        sid: pk
+        for pk, sid in Snapshot.select(Snapshot.id, Snapshot.snapshot_id)
+        .where(Snapshot.host == host_id)
+        .tuples()
+    }
+    gone = [pk for sid, pk in existing.items() if sid not in reported]
+    for start in range(0, len(gone), 500):
+        Snapshot.delete().where(Snapshot.id.in_(gone[start : start + 500])).execute()
+    new_rows = [
+        {
+            "host": host_id,
+            "snapshot_id": s.id,
+            "short_id": s.short_id,
+            "time": s.time,
+            "hostname": s.hostname,
+            "paths": json.dumps(s.paths),
+            "tags": json.dumps(s.tags),
+            "tree": s.tree,
+            "seen_at": now,
+        }
+        for sid, s in reported.items()
+        if sid not in existing
+    ]
+    for start in range(0, len(new_rows), 200):
+        Snapshot.insert_many(new_rows[start : start + 200]).execute()
+    if gone or new_rows:
+        audit.record(
+            "agent",
+            "snapshots.changed",
+            actor_id=host_id,
+            target_kind="host",
+            target_id=host_id,
+            payload={"added": len(new_rows), "removed": len(gone), "total": len(reported)},
+        )
+    return [SnapshotsChanged(host_id), HostChanged(host_id)]
+
+
+def _repo_stats(host_id: int, msg: RepoStatsReport) -> list[Event]:
+    values = {
+        "total_size": msg.total_size,
+        "total_uncompressed_size": msg.total_uncompressed_size,
+        "snapshot_count": msg.snapshot_count,
+        "blob_count": msg.blob_count,
+    }
+    RepoStats.insert(host=host_id, collected_at=msg.collected_at, **values).on_conflict(
+        conflict_target=[RepoStats.host],
+        update={"collected_at": msg.collected_at, **values},
+    ).execute()
+    day = dt.datetime.fromtimestamp(msg.collected_at, dt.UTC).date().isoformat()
+    # A partial report must not erase a value captured earlier that day.
+    present = {k: v for k, v in values.items() if v is not None}
+    RepoStatsDaily.insert(host=host_id, day=day, **present).on_conflict(
+        conflict_target=[RepoStatsDaily.host, RepoStatsDaily.day], update=present
+    ).execute()
+    return [HostChanged(host_id)]
