@@ -24,7 +24,9 @@ def new_token(prefix: str) -> str:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogatepass: aiohttp decodes malformed header bytes to lone surrogates,
+    # and a junk Authorization header must fail to match, not raise.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def token_matches(token: str, stored_hash: str) -> bool:

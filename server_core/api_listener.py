@@ -1,0 +1,255 @@
+"""Listener B: the operator API (`/api/v1`, loopback by default, bearer API tokens)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from server_core.errors import InvalidInput, NotFound, ServiceError
+from server_core.services.api_tokens import authenticate_api_token
+from server_core.services.audit_log import list_audit
+from server_core.services.context import Actor, ServiceContext
+from server_core.services.enrolment import EnrolmentService, parse_new_host
+from server_core.services.hosts import HostService
+from server_core.services.jobs import JobService
+from server_core.views import ServerInfo, as_json
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACTOR_KEY = web.RequestKey("actor", Actor)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _int_param(request: web.Request, name: str) -> int:
+    raw = request.match_info[name]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise NotFound(f"{name.replace('_', ' ')} {raw!r} does not exist") from None
+    return value
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput("the request body must be valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return body
+
+
+class ApiListener:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        hosts: HostService,
+        jobs: JobService,
+        enrolment: EnrolmentService,
+        server_info: Callable[[], ServerInfo],
+    ) -> None:
+        self._ctx = ctx
+        self._hosts = hosts
+        self._jobs = jobs
+        self._enrolment = enrolment
+        self._server_info = server_info
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
+        r = app.router
+        r.add_get("/api/v1/server", self.server)
+        r.add_post("/api/v1/enrolment-tokens", self.create_enrolment_token)
+        r.add_get("/api/v1/hosts", self.list_hosts)
+        r.add_get("/api/v1/hosts/{host_id}", self.get_host)
+        r.add_delete("/api/v1/hosts/{host_id}", self.delete_host)
+        r.add_put("/api/v1/hosts/{host_id}/credentials", self.put_credentials)
+        r.add_get("/api/v1/hosts/{host_id}/source-groups", self.list_source_groups)
+        r.add_get("/api/v1/hosts/{host_id}/snapshots", self.list_snapshots)
+        r.add_get("/api/v1/hosts/{host_id}/jobs", self.list_jobs)
+        r.add_post("/api/v1/hosts/{host_id}/jobs", self.create_job)
+        r.add_get("/api/v1/jobs/{job_id}", self.get_job)
+        r.add_get("/api/v1/jobs/{job_id}/log.ndjson", self.job_log_ndjson)
+        r.add_get("/api/v1/jobs/{job_id}/log.txt", self.job_log_txt)
+        r.add_post("/api/v1/jobs/{job_id}/cancel", self.cancel_job)
+        r.add_get("/api/v1/audit", self.audit)
+        return app
+
+    # -- middlewares -------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ServiceError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+            raise
+        except Exception:
+            log.exception("API request %s %s failed", request.method, request.path)
+            return error_response(500, "internal", "internal error; see the application log")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+        token_id = None
+        if scheme.lower() == "bearer" and raw.strip():
+            token_id = await self._ctx.store.call(authenticate_api_token, raw.strip())
+        if token_id is None:
+            return error_response(401, "unauthorized", "missing or invalid API token")
+        request[ACTOR_KEY] = Actor("api", f"token:{token_id}")
+        return await handler(request)
+
+    # -- handlers ------------------------------------------------------------
+
+    async def server(self, request: web.Request) -> web.Response:
+        info = self._server_info()
+        return web.json_response(
+            {"version": info.version, "agent_url": info.agent_url, "cert_sha256": info.cert_sha256}
+        )
+
+    async def create_enrolment_token(self, request: web.Request) -> web.Response:
+        new = parse_new_host(await _body(request))
+        grant = await self._enrolment.add_host(new, request[ACTOR_KEY])
+        return web.json_response(
+            {
+                "host_id": grant.host_id,
+                "token": grant.token,
+                "expires_at": grant.expires_at,
+                "install_command": self._enrolment.install_command(grant.token),
+            },
+            status=201,
+        )
+
+    async def list_hosts(self, request: web.Request) -> web.Response:
+        return web.json_response(as_json(await self._hosts.list_hosts()))
+
+    async def get_host(self, request: web.Request) -> web.Response:
+        host = await self._hosts.get_host(_int_param(request, "host_id"))
+        return web.json_response(as_json(host))
+
+    async def delete_host(self, request: web.Request) -> web.Response:
+        await self._hosts.delete_host(_int_param(request, "host_id"), request[ACTOR_KEY])
+        return web.Response(status=204)
+
+    async def put_credentials(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        body = await _body(request)
+        unknown = set(body) - {"slot", "repository"}
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        slot = body.get("slot")
+        if not isinstance(slot, str):
+            raise InvalidInput("'slot' must be 'everyday' or 'admin'", field="slot")
+        await self._hosts.set_credentials(host_id, slot, body.get("repository"), request[ACTOR_KEY])
+        return web.Response(status=204)
+
+    async def list_source_groups(self, request: web.Request) -> web.Response:
+        groups = await self._hosts.list_source_groups(_int_param(request, "host_id"))
+        return web.json_response(as_json(groups))
+
+    async def list_snapshots(self, request: web.Request) -> web.Response:
+        snaps = await self._hosts.list_snapshots(_int_param(request, "host_id"))
+        return web.json_response(as_json(snaps))
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        jobs = await self._jobs.list_jobs(_int_param(request, "host_id"))
+        return web.json_response(as_json(jobs))
+
+    async def create_job(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        body = await _body(request)
+        unknown = set(body) - {"kind", "source_group_id"}
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        kind = body.get("kind")
+        if not isinstance(kind, str):
+            raise InvalidInput("'kind' is required", field="kind")
+        group = body.get("source_group_id")
+        if group is not None and (not isinstance(group, int) or isinstance(group, bool)):
+            raise InvalidInput("'source_group_id' must be an integer", field="source_group_id")
+        job_id = await self._jobs.dispatch(
+            host_id, kind, actor=request[ACTOR_KEY], source_group_id=group
+        )
+        return web.json_response({"job_id": job_id}, status=202)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = await self._jobs.get_job(request.match_info["job_id"])
+        return web.json_response(as_json(job))
+
+    async def _stream_log(
+        self, request: web.Request, content_type: str, render: Callable[[Any], str]
+    ) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        await self._jobs.get_job(job_id)  # 404 before any byte is sent
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        await response.prepare(request)
+        after = 0
+        # Page through the log so a million-line job never sits in memory at once.
+        while True:
+            page = await self._jobs.log(job_id, after_seq=after, limit=5000)
+            if not page:
+                break
+            await response.write("".join(render(line) for line in page).encode())
+            after = page[-1].seq
+        await response.write_eof()
+        return response
+
+    async def job_log_ndjson(self, request: web.Request) -> web.StreamResponse:
+        return await self._stream_log(
+            request,
+            "application/x-ndjson; charset=utf-8",
+            lambda line: json.dumps(as_json(line), ensure_ascii=False) + "\n",
+        )
+
+    async def job_log_txt(self, request: web.Request) -> web.StreamResponse:
+        def render(line: Any) -> str:
+            stamp = dt.datetime.fromtimestamp(line.ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            return f"{stamp} [{line.stream}] {line.text}\n"
+
+        return await self._stream_log(request, "text/plain; charset=utf-8", render)
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        await self._jobs.cancel(request.match_info["job_id"], request[ACTOR_KEY])
+        return web.json_response({"status": "cancel requested"}, status=202)
+
+    async def audit(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            limit = min(int(q.get("limit", "500")), 10_000)
+            since = float(q["since"]) if "since" in q else None
+        except ValueError:
+            raise InvalidInput("'limit' and 'since' must be numbers") from None
+        entries = await self._ctx.store.call(
+            list_audit,
+            limit=limit,
+            action=q.get("action"),
+            target_kind=q.get("target_kind"),
+            target_id=q.get("target_id"),
+            since=since,
+        )
+        return web.json_response(
+            [
+                {
+                    "ts": e.ts,
+                    "actor_kind": e.actor_kind,
+                    "actor_id": e.actor_id,
+                    "action": e.action,
+                    "target_kind": e.target_kind,
+                    "target_id": e.target_id,
+                    "payload": e.payload,
+                }
+                for e in entries
+            ]
+        )

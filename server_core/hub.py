@@ -1,0 +1,180 @@
+"""Live agent connections: who is online, sending to them, presence upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import WSCloseCode, web
+
+from agent.protocol import OFFLINE_AFTER_S, Message, encode
+from server_core import audit
+from server_core.events import EventBus, HostChanged
+from server_core.models import Host
+from server_core.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class AgentConnection:
+    host_id: int
+    ws: web.WebSocketResponse
+    remote: str | None
+    connected_at: float = field(default_factory=time.monotonic)
+    last_message_at: float = field(default_factory=time.monotonic)
+    last_seen_wall: float = field(default_factory=time.time)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def touch(self) -> None:
+        self.last_message_at = time.monotonic()
+        self.last_seen_wall = time.time()
+
+    async def send(self, message: Message) -> None:
+        text = encode(message)
+        # Frames from concurrent senders must not interleave on the socket.
+        async with self.send_lock:
+            await self.ws.send_str(text)
+
+
+class AgentHub:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        *,
+        offline_after_s: float = OFFLINE_AFTER_S,
+        sweep_interval_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._offline_after = offline_after_s
+        self._sweep_interval = sweep_interval_s
+        self._connections: dict[int, AgentConnection] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- AgentLink -------------------------------------------------------
+
+    def is_connected(self, host_id: int) -> bool:
+        return host_id in self._connections
+
+    async def send(self, host_id: int, message: Message) -> bool:
+        conn = self._connections.get(host_id)
+        if conn is None:
+            return False
+        try:
+            await conn.send(message)
+        except (ConnectionError, RuntimeError) as exc:
+            log.info("could not send %s to host %s: %s", message.TYPE, host_id, exc)
+            return False
+        return True
+
+    async def disconnect(self, host_id: int, reason: str) -> None:
+        conn = self._connections.get(host_id)
+        if conn is not None:
+            await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
+
+    # -- connection lifecycle (called by the listener) -------------------
+
+    def connected_count(self) -> int:
+        return len(self._connections)
+
+    async def register(self, conn: AgentConnection) -> None:
+        old = self._connections.get(conn.host_id)
+        self._connections[conn.host_id] = conn
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.ws.close(
+                    code=WSCloseCode.GOING_AWAY, message=b"replaced by a newer connection"
+                )
+
+    async def unregister(self, conn: AgentConnection, reason: str) -> None:
+        if self._connections.get(conn.host_id) is not conn:
+            return  # a newer connection took over; the host is still online
+        del self._connections[conn.host_id]
+
+        def run() -> None:
+            changed = (
+                Host.update(online=False, last_seen_at=conn.last_seen_wall)
+                .where((Host.id == conn.host_id) & (Host.online == True))  # noqa: E712
+                .execute()
+            )
+            if changed:
+                audit.record(
+                    "system",
+                    "host.offline",
+                    target_kind="host",
+                    target_id=conn.host_id,
+                    payload={"reason": reason},
+                )
+
+        try:
+            await self._store.transaction(run)
+        except Exception:
+            log.exception("could not record host %s going offline", conn.host_id)
+        self._bus.publish(HostChanged(conn.host_id))
+
+    # -- upkeep ------------------------------------------------------------
+
+    async def mark_all_offline(self) -> None:
+        """At start-up nobody is connected yet, whatever the last run recorded."""
+
+        def run() -> None:
+            for host in Host.select().where(Host.online == True):  # noqa: E712
+                host.online = False
+                host.save()
+                audit.record(
+                    "system",
+                    "host.offline",
+                    target_kind="host",
+                    target_id=host.id,
+                    payload={"reason": "control plane restarted"},
+                )
+
+        await self._store.transaction(run)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sweep_loop(), name="agent-hub-sweep")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for conn in list(self._connections.values()):
+            with contextlib.suppress(Exception):
+                await conn.ws.close(
+                    code=WSCloseCode.GOING_AWAY, message=b"control plane shutting down"
+                )
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("presence sweep failed")
+
+    async def sweep(self) -> None:
+        now = time.monotonic()
+        for conn in list(self._connections.values()):
+            if now - conn.last_message_at > self._offline_after:
+                log.info(
+                    "host %s silent for %.0f s: closing", conn.host_id, now - conn.last_message_at
+                )
+                with contextlib.suppress(Exception):
+                    await conn.ws.close(
+                        code=WSCloseCode.GOING_AWAY, message=b"no heartbeat within the timeout"
+                    )
+                await self.unregister(conn, "no heartbeat within the timeout")
+        seen = {c.host_id: c.last_seen_wall for c in self._connections.values()}
+        if seen:
+            # Heartbeats only touch memory; the database learns about them here.
+            def run() -> None:
+                for host_id, ts in seen.items():
+                    Host.update(last_seen_at=ts).where(Host.id == host_id).execute()
+
+            await self._store.transaction(run)
