@@ -1,0 +1,100 @@
+"""`restic-manager` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app import logging_setup
+from app.paths import default_data_dir
+from server_core.control_plane import Endpoint
+
+
+def _endpoint(text: str) -> Endpoint:
+    try:
+        return Endpoint.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restic-manager", description="Control plane for restic backups on a fleet of hosts."
+    )
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the control plane headless (no GUI)")
+    serve.add_argument("--data-dir", type=Path, default=None)
+    serve.add_argument("--agent-listen", type=_endpoint, default="0.0.0.0:8765")
+    serve.add_argument("--api-listen", type=_endpoint, default="127.0.0.1:8766")
+    serve.add_argument(
+        "--advertise-host", default=None, help="host name or address agents use to reach this app"
+    )
+
+    token = sub.add_parser("api-token", help="manage operator API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it")
+    create.add_argument("--data-dir", type=Path, default=None)
+    create.add_argument("--name", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging_setup.configure(args.log_level)
+    if args.command == "serve":
+        from app.serve import run_serve
+        from server_core.control_plane import ControlPlaneConfig, Endpoint
+
+        agent_listen = args.agent_listen
+        api_listen = args.api_listen
+        if isinstance(agent_listen, str):
+            agent_listen = Endpoint.parse(agent_listen)
+        if isinstance(api_listen, str):
+            api_listen = Endpoint.parse(api_listen)
+        config = ControlPlaneConfig(
+            data_dir=(args.data_dir or default_data_dir()).expanduser().resolve(),
+            agent_listen=agent_listen,
+            api_listen=api_listen,
+            advertise_host=args.advertise_host,
+        )
+        return asyncio.run(run_serve(config))
+    if args.command == "api-token":
+        return _api_token_create(args.data_dir or default_data_dir(), args.name)
+    print(
+        "The desktop window is not part of this build yet; run `restic-manager serve`.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _api_token_create(data_dir: Path, name: str) -> int:
+    from server_core.control_plane import DB_FILE
+    from server_core.errors import ServiceError
+    from server_core.services.api_tokens import create_api_token
+    from server_core.services.context import OPERATOR
+    from server_core.store import Store
+
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = Store(data_dir / DB_FILE)
+    store.open_sync()
+    try:
+        with store.db.atomic():
+            raw = create_api_token(name, OPERATOR)
+    except ServiceError as exc:
+        print(f"restic-manager: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        store.close_sync()
+    print(raw)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The control plane as one object: store, keys, certificate, services and
+both listeners. The desktop app and `restic-manager serve` both run this."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import keyring.backend
+from aiohttp import web
+
+from server_core.agent_listener import AgentListener
+from server_core.api_listener import ApiListener
+from server_core.crypto import SecretBox, load_or_create_data_key
+from server_core.events import EventBus
+from server_core.hub import AgentHub
+from server_core.ingest import EventIngestor
+from server_core.services.context import ServiceContext
+from server_core.services.enrolment import EnrolmentService, default_install_command
+from server_core.services.hosts import HostService
+from server_core.services.jobs import JobService
+from server_core.store import Store
+from server_core.tls import load_or_create_certificate, ssl_context
+from server_core.views import ServerInfo
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "restic-manager.sqlite3"
+
+
+def product_version() -> str:
+    try:
+        return version("restic-manager")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {text!r}")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    data_dir: Path
+    agent_listen: Endpoint = field(default_factory=lambda: Endpoint("0.0.0.0", 8765))
+    api_listen: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 8766))
+    advertise_host: str | None = None
+    offline_after_s: float = 90.0
+    keyring_backend: keyring.backend.KeyringBackend | None = None
+
+
+class ControlPlane:
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.config = config
+        self.bus = EventBus()
+        self.store = Store(config.data_dir / DB_FILE)
+        self._runners: list[web.AppRunner] = []
+        self.agent_port = 0
+        self.api_port = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = load_or_create_data_key(cfg.data_dir, keyring_backend=cfg.keyring_backend, logger=log)
+        self.key_source = key.source
+        self.warnings = [key.warning] if key.warning else []
+        await self.store.open()
+        advertise = cfg.advertise_host or self._default_advertise_host()
+        self.advertise_host = advertise
+        self.certificate = load_or_create_certificate(
+            cfg.data_dir,
+            common_name=socket.gethostname() or "restic-manager",
+            extra_names=[advertise],
+        )
+        self.hub = AgentHub(self.store, self.bus, offline_after_s=cfg.offline_after_s)
+        ctx = ServiceContext(
+            store=self.store, box=SecretBox(key.key), bus=self.bus, agents=self.hub
+        )
+        self.ctx = ctx
+        self.jobs = JobService(ctx)
+        self.hosts = HostService(ctx, self.jobs)
+        self.ingestor = EventIngestor(self.store, self.bus)
+        await self.hub.mark_all_offline()
+        self.ingestor.start()
+        self.hub.start()
+
+        # The agent URL needs the bound port, which is known only after binding
+        # (port 0 in tests); the enrolment service asks for it lazily.
+        self.enrolment = EnrolmentService(ctx, install_command=self._install_command)
+        agent_app = AgentListener(ctx, self.enrolment, self.hub, self.ingestor).app()
+        agent_runner = web.AppRunner(agent_app, handle_signals=False, access_log=None)
+        await agent_runner.setup()
+        self._runners.append(agent_runner)
+        site = web.TCPSite(
+            agent_runner,
+            cfg.agent_listen.host,
+            cfg.agent_listen.port,
+            ssl_context=ssl_context(self.certificate),
+            shutdown_timeout=2.0,
+        )
+        await site.start()
+        self.agent_port = _bound_port(agent_runner)
+
+        api_app = ApiListener(
+            ctx,
+            hosts=self.hosts,
+            jobs=self.jobs,
+            enrolment=self.enrolment,
+            server_info=self.info,
+        ).app()
+        api_runner = web.AppRunner(api_app, handle_signals=False, access_log=None)
+        await api_runner.setup()
+        self._runners.append(api_runner)
+        await web.TCPSite(
+            api_runner, cfg.api_listen.host, cfg.api_listen.port, shutdown_timeout=2.0
+        ).start()
+        self.api_port = _bound_port(api_runner)
+        log.info(
+            "control plane up: agents on %s (TLS, cert sha256 %s), API on http://%s",
+            self.agent_url,
+            self.certificate.sha256,
+            Endpoint(cfg.api_listen.host, self.api_port),
+        )
+
+    def _install_command(self, token: str) -> str:
+        return default_install_command(self.agent_url, self.certificate.sha256)(token)
+
+    @property
+    def agent_url(self) -> str:
+        host = self.advertise_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.agent_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{Endpoint(self.config.api_listen.host, self.api_port)}"
+
+    def info(self) -> ServerInfo:
+        return ServerInfo(
+            version=product_version(),
+            agent_url=self.agent_url,
+            cert_sha256=self.certificate.sha256,
+            data_dir=str(self.config.data_dir),
+            key_source=self.key_source,
+            warnings=list(self.warnings),
+        )
+
+    def _default_advertise_host(self) -> str:
+        listen = self.config.agent_listen.host
+        if listen not in ("0.0.0.0", "::", ""):
+            return listen
+        return socket.getfqdn() or socket.gethostname() or "localhost"
+
+    async def stop(self) -> None:
+        """Close agent sockets cleanly, write what is queued, close the database."""
+        if hasattr(self, "hub"):
+            await self.hub.stop()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if hasattr(self, "ingestor"):
+            await self.ingestor.stop()
+        await self.store.close()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    raise RuntimeError("listener did not bind")
