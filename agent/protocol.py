@@ -617,6 +617,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             except ProtocolError as exc:
                 errors.append(str(exc))
         raise ProtocolError(errors[0] if len(errors) == 1 else f"{where}: wrong type")
+    if value is None:
+        raise ProtocolError(f"{where}: must not be null")
     if origin is Literal:
         allowed = get_args(hint)
         if not isinstance(value, str) or value not in allowed:

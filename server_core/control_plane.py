@@ -3,6 +3,8 @@ both listeners. The desktop app and `restic-manager serve` both run this."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -76,7 +78,16 @@ class ControlPlane:
     async def start(self) -> None:
         cfg = self.config
         cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = load_or_create_data_key(cfg.data_dir, keyring_backend=cfg.keyring_backend, logger=log)
+        # A keyring call goes over D-Bus and may wait on an unlock prompt.
+        key = await asyncio.get_running_loop().run_in_executor(
+            None,
+            functools.partial(
+                load_or_create_data_key,
+                cfg.data_dir,
+                keyring_backend=cfg.keyring_backend,
+                logger=log,
+            ),
+        )
         self.key_source = key.source
         self.warnings = [key.warning] if key.warning else []
         await self.store.open()

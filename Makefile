@@ -1,0 +1,37 @@
+# Two entry points for a fresh Debian machine: `make run` and `make test`.
+# Both install what they need (apt packages, .venv, restic 0.18) on first use.
+
+PY      := .venv/bin/python
+DATA    ?= $(HOME)/.local/share/restic-manager
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap run test lint typecheck unit integration fmt clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+run: bootstrap
+	.venv/bin/restic-manager serve --data-dir "$(DATA)"
+
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck: bootstrap
+	.venv/bin/mypy agent server_core app
+
+unit: bootstrap
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+integration: bootstrap
+	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
+
+test: bootstrap lint typecheck
+	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+fmt: bootstrap
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+clean:
+	rm -rf .venv .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,134 @@
+"""``restic-manager-agent``: enrol this host, or run the agent.
+
+Exit codes (scripts rely on them): 0 ok, 2 usage or configuration error,
+1 any other failure. A failure prints one line on stderr that says what
+went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from agent import enrol as enrol_mod
+from agent.version import __version__
+
+PROG = "restic-manager-agent"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse would print the whole usage and call sys.exit itself; one line
+    # that names the problem and the fix is easier to read in an install log.
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{PROG} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="restic-manager agent: runs restic on this host for the desktop app.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p_enrol = sub.add_parser("enrol", help="enrol this host with a one-time token from the app")
+    p_enrol.add_argument("--server", required=True, help="https://HOST:PORT of restic-manager")
+    p_enrol.add_argument("--token", required=True, help="the one-time enrolment token")
+    p_enrol.add_argument(
+        "--cert-sha256",
+        required=True,
+        help="SHA-256 fingerprint of the server certificate (hex; colons and case ignored)",
+    )
+    p_enrol.add_argument("--config", required=True, type=Path, help="config file to write")
+    p_enrol.add_argument(
+        "--state-dir", type=Path, help="where the agent keeps its state (default: per OS)"
+    )
+    p_enrol.add_argument("--restic", help="path to the restic binary (default: from PATH)")
+    p_enrol.add_argument("--hostname", help="name to enrol under (default: this machine's)")
+
+    p_run = sub.add_parser("run", help="run the agent (as a service)")
+    p_run.add_argument("--config", required=True, type=Path, help="the agent's config file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
+    err = stderr or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=err)
+        return EXIT_USAGE
+    except SystemExit as exc:
+        # --help and --version end here.
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    if args.command == "enrol":
+        return _enrol(args, err)
+    if args.command == "run":
+        return _run(args, err)
+    print(f"{PROG}: error: missing command: enrol or run (see '{PROG} --help')", file=err)
+    return EXIT_USAGE
+
+
+def _enrol(args: argparse.Namespace, err: TextIO) -> int:
+    from agent.restic_probe import restic_version_string
+
+    try:
+        restic_version = restic_version_string(args.restic)
+        result = asyncio.run(
+            enrol_mod.enrol(
+                server_url=args.server,
+                token=args.token,
+                cert_sha256=args.cert_sha256,
+                config_path=args.config,
+                state_dir=args.state_dir,
+                restic_path=args.restic,
+                hostname=args.hostname,
+                restic_version=restic_version,
+            )
+        )
+    except enrol_mod.EnrolError as exc:
+        print(f"{PROG}: error: {exc}", file=err)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted; nothing was written", file=err)
+        return EXIT_FAILURE
+    print(
+        f"Enrolled as host {result.hostname!r} (id {result.host_id}); config written to "
+        f"{result.config_path}. Start the agent with: {PROG} run --config {result.config_path}",
+        file=sys.stdout,
+    )
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, err: TextIO) -> int:
+    from agent.client import AgentStartError, run_agent
+
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        return asyncio.run(run_agent(args.config))
+    except AgentStartError as exc:
+        print(f"{PROG}: error: {exc}", file=err)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        root.removeHandler(handler)
