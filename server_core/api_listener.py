@@ -73,6 +73,7 @@ class ApiListener:
         r.add_get("/api/v1/hosts/{host_id}", self.get_host)
         r.add_delete("/api/v1/hosts/{host_id}", self.delete_host)
         r.add_put("/api/v1/hosts/{host_id}/credentials", self.put_credentials)
+        r.add_put("/api/v1/hosts/{host_id}/bandwidth", self.put_bandwidth)
         r.add_get("/api/v1/hosts/{host_id}/source-groups", self.list_source_groups)
         r.add_get("/api/v1/hosts/{host_id}/snapshots", self.list_snapshots)
         r.add_get("/api/v1/hosts/{host_id}/jobs", self.list_jobs)
@@ -153,6 +154,19 @@ class ApiListener:
         if not isinstance(slot, str):
             raise InvalidInput("'slot' must be 'everyday' or 'admin'", field="slot")
         await self._hosts.set_credentials(host_id, slot, body.get("repository"), request[ACTOR_KEY])
+        return web.Response(status=204)
+
+    async def put_bandwidth(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        unknown = set(body) - {"upload_kib_s", "download_kib_s"}
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        await self._hosts.set_bandwidth(
+            _int_param(request, "host_id"),
+            body.get("upload_kib_s"),
+            body.get("download_kib_s"),
+            request[ACTOR_KEY],
+        )
         return web.Response(status=204)
 
     async def list_source_groups(self, request: web.Request) -> web.Response:

@@ -229,6 +229,42 @@ class HostService:
             await self._jobs.dispatch(host_id, "init", actor=actor, require_online=False)
         self._ctx.bus.publish(HostChanged(host_id))
 
+    async def set_bandwidth(
+        self, host_id: int, upload_kib_s: int | None, download_kib_s: int | None, actor: Actor
+    ) -> None:
+        """Per-host restic bandwidth caps in KiB/s (None = unlimited), pushed at once."""
+        for name, value in (("upload_kib_s", upload_kib_s), ("download_kib_s", download_kib_s)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10**7
+            ):
+                raise InvalidInput(
+                    f"'{name}' must be a whole number of KiB/s between 1 and 10000000, or null",
+                    field=name,
+                )
+
+        def run() -> None:
+            host = require_host(host_id)
+            before = {"upload_kib_s": host.upload_kib_s, "download_kib_s": host.download_kib_s}
+            host.upload_kib_s = upload_kib_s
+            host.download_kib_s = download_kib_s
+            host.save()
+            audit.record(
+                actor.kind,
+                "host.bandwidth_updated",
+                actor_id=actor.id,
+                target_kind="host",
+                target_id=host_id,
+                payload={
+                    "before": before,
+                    "after": {"upload_kib_s": upload_kib_s, "download_kib_s": download_kib_s},
+                },
+            )
+
+        await self._ctx.store.transaction(run)
+        update = await self._ctx.store.call(agent_sync.config_update, self._ctx.box, host_id)
+        await self._ctx.agents.send(host_id, update)
+        self._ctx.bus.publish(HostChanged(host_id))
+
     async def delete_host(self, host_id: int, actor: Actor) -> None:
         def run() -> str:
             host = require_host(host_id)
