@@ -1,0 +1,632 @@
+"""The agent runtime: one pinned-TLS WebSocket to the control plane.
+
+``Agent`` wires the parts together (config, encrypted secrets, durable
+outbox, job runner) and ``AgentClient`` keeps the connection: it says hello,
+sends heartbeats, pumps the outbox (every durable event is on disk before
+it is sent, and stays there until the server acks it), and dispatches the
+server's messages. The connection comes and goes; nothing the agent did
+while it was away is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent import platform_info, protocol
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.enrol import OUTBOX_FILE_NAME, mismatch_message, pin_ssl, secrets_file_for
+from agent.jobs import JobRunner, JobSettings, ResticBinary, locate_restic
+from agent.outbox import Outbox, OutboxError
+from agent.redact import Redactor
+from agent.secrets_file import SecretsError, SecretsFile
+from agent.version import __version__
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 60.0
+STABLE_CONNECTION_S = 60.0
+MAX_IN_FLIGHT = 1000
+PUMP_BATCH = 200
+CONNECT_TIMEOUT_S = 20.0
+SHUTDOWN_DRAIN_S = 2.0
+REJECTED_MESSAGE = (
+    "this agent's credentials were rejected (host deleted or bearer revoked): re-enrol"
+)
+
+
+class AgentStartError(Exception):
+    """The agent cannot start; ``str()`` says why and what to do."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class DurableEmitter:
+    """Store a durable event in the outbox, then wake whoever sends it.
+
+    This is the ``emit`` the job runner is given: by the time it returns, the
+    event is committed to disk and will reach the server eventually.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self.wake = asyncio.Event()
+
+    def __call__(self, message: protocol.Message) -> None:
+        if not message.DURABLE:
+            raise ValueError(f"{message.TYPE} is not a durable event")
+        self._outbox.put(message.TYPE, protocol.to_dict(message))
+        self.wake.set()
+
+
+class _Outcome(enum.Enum):
+    STOPPED = "stopped"
+    CLOSED = "closed"
+    FAILED = "failed"
+    # These three cannot be fixed by retrying soon: wait the longest backoff.
+    REJECTED = "rejected"
+    INCOMPATIBLE = "incompatible"
+    PIN_MISMATCH = "pin_mismatch"
+
+
+_SLOW_RETRY = {_Outcome.REJECTED, _Outcome.INCOMPATIBLE, _Outcome.PIN_MISMATCH}
+
+
+class AgentClient:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        bearer: str,
+        secrets: SecretsFile,
+        outbox: Outbox,
+        emitter: DurableEmitter,
+        jobs: JobRunner,
+        restic_version: str | None,
+        schedule_version: int = 0,
+        heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL_S,
+        backoff_initial: float = BACKOFF_INITIAL_S,
+        backoff_max: float = BACKOFF_MAX_S,
+        stable_after: float = STABLE_CONNECTION_S,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._bearer = bearer
+        self._secrets = secrets
+        self._outbox = outbox
+        self._emitter = emitter
+        self._jobs = jobs
+        self._restic_version = restic_version
+        self._schedule_version = schedule_version
+        self._heartbeat_interval = heartbeat_interval
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._stable_after = stable_after
+        self._max_in_flight = max_in_flight
+        self._connect_timeout = connect_timeout
+        self._rng = rng or random.Random()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._send_lock = asyncio.Lock()
+        self._in_flight: dict[str, None] = {}
+        self._incompatible = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Set while a connection is up; tests and shutdown wait on it.
+        self.connected = asyncio.Event()
+        self.connections = 0
+
+    @property
+    def schedule_version(self) -> int:
+        return self._schedule_version
+
+    @property
+    def ws_url(self) -> str:
+        return self._config.server_url.rstrip("/") + protocol.WS_PATH
+
+    # -- connection loop ---------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until ``stop`` is set, reconnecting with backoff."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._connect_timeout, sock_connect=self._connect_timeout
+        )
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while not stop.is_set():
+                began = loop.time()
+                outcome, connected_for = await self._connect_once(session, stop)
+                if outcome is _Outcome.STOPPED or stop.is_set():
+                    break
+                if connected_for > self._stable_after:
+                    attempt = 0
+                if outcome in _SLOW_RETRY:
+                    delay = self._backoff_max
+                else:
+                    # Full jitter: a fleet that lost the app at once must not
+                    # reconnect in lockstep when it comes back.
+                    ceiling = min(self._backoff_max, self._backoff_initial * 2**attempt)
+                    delay = self._rng.uniform(0, ceiling)
+                    attempt += 1
+                log.debug(
+                    "reconnecting in %.1f s (attempt %d, last try %.1f s ago)",
+                    delay,
+                    attempt,
+                    loop.time() - began,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    async def _connect_once(
+        self, session: aiohttp.ClientSession, stop: asyncio.Event
+    ) -> tuple[_Outcome, float]:
+        loop = asyncio.get_running_loop()
+        self._incompatible = False
+        try:
+            ws = await session.ws_connect(
+                self.ws_url,
+                headers={"Authorization": f"Bearer {self._bearer}"},
+                ssl=pin_ssl(self._config.cert_sha256),
+                max_msg_size=protocol.MAX_FRAME_BYTES,
+                heartbeat=self._heartbeat_interval,
+                autoping=True,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                log.error(REJECTED_MESSAGE)
+                return _Outcome.REJECTED, 0.0
+            log.warning(
+                "the control plane refused the connection (HTTP %s %s); retrying",
+                exc.status,
+                exc.message,
+            )
+            return _Outcome.FAILED, 0.0
+        except aiohttp.ServerFingerprintMismatch as exc:
+            log.error("%s", mismatch_message(exc).replace("--cert-sha256", "cert_sha256"))
+            return _Outcome.PIN_MISMATCH, 0.0
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning(
+                "cannot reach the control plane at %s: %s; retrying",
+                self._config.server_url,
+                _describe(exc),
+            )
+            return _Outcome.FAILED, 0.0
+
+        connected_at = loop.time()
+        self.connections += 1
+        log.info("connected to the control plane at %s", self._config.server_url)
+        self._ws = ws
+        self._in_flight.clear()
+        outcome = _Outcome.CLOSED
+        try:
+            await self._send_frame(ws, protocol.encode(self._hello()))
+            self.connected.set()
+            workers = [
+                asyncio.create_task(self._pump(ws), name="outbox-pump"),
+                asyncio.create_task(self._heartbeat(ws), name="heartbeat"),
+            ]
+            reader = asyncio.create_task(self._read(ws), name="reader")
+            stopper = asyncio.create_task(stop.wait(), name="stop-wait")
+            try:
+                done, _ = await asyncio.wait(
+                    [reader, stopper, *workers], return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in (reader, stopper, *workers):
+                    task.cancel()
+                await asyncio.gather(reader, stopper, *workers, return_exceptions=True)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception():
+                    exc = task.exception()
+                    log.warning("connection lost: %s", _describe(exc))
+            if stopper in done:
+                outcome = _Outcome.STOPPED
+            elif self._incompatible:
+                outcome = _Outcome.INCOMPATIBLE
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            log.warning("connection lost: %s", _describe(exc))
+        finally:
+            self.connected.clear()
+            self._ws = None
+            with contextlib.suppress(Exception):
+                await ws.close()
+        duration = loop.time() - connected_at
+        if outcome is not _Outcome.STOPPED:
+            log.warning(
+                "disconnected from the control plane after %.0f s (close code %s)",
+                duration,
+                ws.close_code,
+            )
+        return outcome, duration
+
+    def _hello(self) -> protocol.Hello:
+        return protocol.Hello(
+            protocol_version=protocol.PROTOCOL_VERSION,
+            agent_version=__version__,
+            hostname=platform_info.hostname(self._config.hostname),
+            os=platform_info.os_name(),
+            arch=platform_info.arch(),
+            restic_version=self._restic_version,
+            schedule_version=self._schedule_version,
+            running_job_ids=self._jobs.running_job_ids(),
+        )
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await self._on_frame(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                log.warning("ignored a binary frame from the control plane")
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                log.warning("websocket error: %s", _describe(ws.exception()))
+                return
+
+    async def _on_frame(self, data: str) -> None:
+        try:
+            envelope = protocol.decode(data, allowed=protocol.SERVER_MESSAGES)
+        except protocol.ProtocolError as exc:
+            # One bad frame (a newer server, a bug) must not cost the connection.
+            log.warning("ignored a frame from the control plane: %s", exc)
+            return
+        try:
+            await self._dispatch(envelope)
+        except (SecretsError, OSError, OutboxError) as exc:
+            log.error("could not handle %s from the control plane: %s", envelope.type, exc)
+
+    async def _dispatch(self, envelope: protocol.Envelope) -> None:
+        message = envelope.payload
+        if isinstance(message, protocol.Ack):
+            self._on_ack(message.ids)
+        elif isinstance(message, protocol.ConfigUpdate):
+            self._on_config(message)
+        elif isinstance(message, protocol.ScheduleSet):
+            self._secrets.update(
+                schedule=protocol.to_dict(message), schedule_version=message.version
+            )
+            self._schedule_version = message.version
+            log.info(
+                "schedule set v%d received (%d schedules, %d source groups)",
+                message.version,
+                len(message.schedules),
+                len(message.source_groups),
+            )
+            await self.send(protocol.ScheduleAck(version=message.version))
+        elif isinstance(message, protocol.CommandRun):
+            self._jobs.start(message)
+        elif isinstance(message, protocol.CommandCancel):
+            if not self._jobs.cancel(message.job_id):
+                log.info("cancel for job %s, which is not running here", message.job_id)
+        elif isinstance(message, protocol.CommandUpdate):
+            self._jobs.reject(
+                message.job_id,
+                "update",
+                "operator",
+                f"agent self-update is not supported yet by agent {__version__}",
+            )
+        elif isinstance(message, protocol.RpcCall):
+            await self.send(
+                protocol.RpcResult(
+                    call_id=envelope.id,
+                    ok=False,
+                    error=protocol.RpcError(
+                        "unsupported",
+                        f"{message.method!r} is not supported by agent {__version__}",
+                    ),
+                )
+            )
+        elif isinstance(message, protocol.Error):
+            if message.code in ("protocol_too_old", "protocol_too_new"):
+                self._incompatible = True
+                log.error(
+                    "the control plane cannot talk to this agent (%s): %s",
+                    message.code,
+                    message.message,
+                )
+            else:
+                log.warning("the control plane reported %s: %s", message.code, message.message)
+
+    def _on_config(self, message: protocol.ConfigUpdate) -> None:
+        repository = (
+            protocol.to_dict(message.repository) if message.repository is not None else None
+        )
+        bandwidth = protocol.to_dict(message.bandwidth)
+        self._secrets.update(
+            repository=repository,
+            bandwidth=bandwidth,
+            default_pre_hook=message.default_pre_hook,
+            default_post_hook=message.default_post_hook,
+            restore_dir=message.restore_dir,
+        )
+        self._jobs.update_settings(
+            JobSettings(repository=message.repository, bandwidth=message.bandwidth)
+        )
+        log.info(
+            "configuration updated (repository %s)",
+            "set" if message.repository is not None else "not set",
+        )
+
+    def _on_ack(self, ids: list[str]) -> None:
+        self._outbox.ack(ids)
+        for entry_id in ids:
+            self._in_flight.pop(entry_id, None)
+        self._emitter.wake.set()
+
+    # -- sending -------------------------------------------------------------
+
+    async def send(self, message: protocol.Message) -> bool:
+        """Send a non-durable message now; False (and dropped) when offline."""
+        if message.DURABLE:
+            raise ValueError(f"{message.TYPE} is durable: emit it through the outbox")
+        ws = self._ws
+        if ws is None or ws.closed:
+            log.debug("not connected: dropped %s", message.TYPE)
+            return False
+        try:
+            await self._send_frame(ws, protocol.encode(message))
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            log.debug("sending %s failed: %s", message.TYPE, exc)
+            return False
+        return True
+
+    async def _send_frame(self, ws: aiohttp.ClientWebSocketResponse, frame: str) -> None:
+        # Frames from the pump, heartbeats and replies must not interleave.
+        async with self._send_lock:
+            await ws.send_str(frame)
+
+    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            beat = protocol.Heartbeat(
+                running_job_ids=self._jobs.running_job_ids(),
+                outbox_pending=self._outbox.count(),
+            )
+            await self._send_frame(ws, protocol.encode(beat))
+
+    async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send the outbox in order, replaying everything unacked on each connect."""
+        wake = self._emitter.wake
+        last: str | None = None
+        while True:
+            wake.clear()
+            room = self._max_in_flight - len(self._in_flight)
+            if room <= 0:
+                await wake.wait()
+                continue
+            entries = self._outbox.pending(limit=min(room, PUMP_BATCH), after_id=last)
+            if not entries:
+                await wake.wait()
+                continue
+            for entry in entries:
+                last = entry.id
+                # pending() restarts from the top when ``last`` was acked
+                # meanwhile; what is still in flight need not go twice.
+                if entry.id in self._in_flight:
+                    continue
+                frame = self._frame_for(entry.id, entry.type, entry.payload, entry.created_at)
+                if frame is None:
+                    continue
+                self._in_flight[entry.id] = None
+                await self._send_frame(ws, frame)
+
+    def _frame_for(
+        self, entry_id: str, kind: str, payload: dict[str, Any], created_at: float
+    ) -> str | None:
+        cls = protocol.MESSAGE_TYPES.get(kind)
+        try:
+            if cls is None or not cls.DURABLE:
+                raise protocol.ProtocolError(f"unknown durable event type {kind!r}")
+            message = protocol.from_dict(cls, payload)
+            return protocol.encode(message, msg_id=entry_id, ts=created_at)
+        except protocol.ProtocolError as exc:
+            # A poisoned entry would be replayed forever and never acked.
+            log.error(
+                "dropping outbox entry %s (%s, job %s) that cannot be sent: %s",
+                entry_id,
+                kind,
+                payload.get("job_id"),
+                exc,
+            )
+            self._outbox.ack([entry_id])
+            return None
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait (at most ``timeout``) until the server acked the whole outbox."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._outbox.count() > 0:
+            if self._ws is None or loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+
+class Agent:
+    """Everything one running agent owns, wired together."""
+
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        secrets: SecretsFile,
+        outbox: Outbox,
+        restic: ResticBinary | None,
+        heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL_S,
+        backoff_initial: float = BACKOFF_INITIAL_S,
+        backoff_max: float = BACKOFF_MAX_S,
+        grace_seconds: float = 10.0,
+        shutdown_drain_seconds: float = SHUTDOWN_DRAIN_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        stored = secrets.load()
+        bearer = stored.get("bearer")
+        if not isinstance(bearer, str) or not bearer:
+            raise AgentStartError(
+                f"the secrets file {secrets.path} holds no bearer token: enrol this host "
+                "again (restic-manager-agent enrol …)"
+            )
+        self.config = config
+        self.outbox = outbox
+        self.redactor = Redactor([bearer])
+        self.emitter = DurableEmitter(outbox)
+        self.jobs = JobRunner(
+            emit=self.emitter,
+            store=outbox,
+            state_dir=Path(config.state_dir),
+            redactor=self.redactor,
+            restic=restic,
+            settings=settings_from_secrets(stored),
+            hostname=config.hostname,
+            grace_seconds=grace_seconds,
+        )
+        schedule_version = stored.get("schedule_version")
+        self.client = AgentClient(
+            config=config,
+            bearer=bearer,
+            secrets=secrets,
+            outbox=outbox,
+            emitter=self.emitter,
+            jobs=self.jobs,
+            restic_version=str(restic.version) if restic is not None else None,
+            schedule_version=schedule_version if isinstance(schedule_version, int) else 0,
+            heartbeat_interval=heartbeat_interval,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            rng=rng,
+        )
+        self._shutdown_drain_seconds = shutdown_drain_seconds
+
+    @classmethod
+    async def open(cls, config_path: Path, **kwargs: Any) -> Agent:
+        """Load config and secrets, open the outbox and find restic."""
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            raise AgentStartError(str(exc)) from None
+        state_dir = Path(config.state_dir)
+        secrets = secrets_file_for(config_path, state_dir)
+        try:
+            secrets.load()
+        except SecretsError as exc:
+            raise AgentStartError(str(exc)) from None
+        try:
+            outbox = Outbox(state_dir / OUTBOX_FILE_NAME)
+        except (OutboxError, OSError) as exc:
+            raise AgentStartError(
+                f"cannot open the outbox in {state_dir}: {exc}", EXIT_FAILURE
+            ) from None
+        try:
+            restic = await locate_restic(config.restic_path)
+            return cls(config=config, secrets=secrets, outbox=outbox, restic=restic, **kwargs)
+        except BaseException:
+            outbox.close()
+            raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down cleanly and close the outbox."""
+        recovered = self.jobs.recover_orphans()
+        if recovered:
+            log.warning(
+                "%d job(s) were interrupted by an agent restart and are reported as failed",
+                len(recovered),
+            )
+        client_stop = asyncio.Event()
+        client_task = asyncio.create_task(self.client.run(client_stop), name="agent-client")
+        try:
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopper, client_task], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            log.info("shutting down")
+            await self.jobs.shutdown()
+            # Give the final job events a moment to reach the server; whatever
+            # does not make it is replayed from the outbox on the next start.
+            await self.client.drain(self._shutdown_drain_seconds)
+        finally:
+            client_stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await client_task
+            self.outbox.close()
+
+
+def settings_from_secrets(stored: dict[str, Any]) -> JobSettings:
+    repository: protocol.RepoCredentials | None = None
+    bandwidth = protocol.Bandwidth()
+    raw_repo = stored.get("repository")
+    if raw_repo is not None:
+        try:
+            repository = protocol.from_dict(protocol.RepoCredentials, raw_repo)
+        except protocol.ProtocolError:
+            log.warning("ignored stored repository credentials that cannot be read")
+    raw_bw = stored.get("bandwidth")
+    if raw_bw is not None:
+        try:
+            bandwidth = protocol.from_dict(protocol.Bandwidth, raw_bw)
+        except protocol.ProtocolError:
+            log.warning("ignored stored bandwidth limits that cannot be read")
+    return JobSettings(repository=repository, bandwidth=bandwidth)
+
+
+async def run_agent(
+    config_path: Path,
+    *,
+    stop: asyncio.Event | None = None,
+    install_signal_handlers: bool = True,
+    **agent_kwargs: Any,
+) -> int:
+    """``restic-manager-agent run``: run until SIGINT/SIGTERM (or ``stop``)."""
+    agent = await Agent.open(config_path, **agent_kwargs)
+    logging.getLogger("agent").setLevel(agent.config.log_level.upper())
+    stop = stop or asyncio.Event()
+    removers: list[Callable[[], None]] = []
+    if install_signal_handlers:
+        removers = _install_signal_handlers(stop)
+    log.info(
+        "agent %s started (host id %d, restic %s)",
+        __version__,
+        agent.config.host_id,
+        agent.client._restic_version or "not found",
+    )
+    try:
+        await agent.run(stop)
+    finally:
+        for remove in removers:
+            remove()
+    log.info("agent stopped")
+    return 0
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> list[Callable[[], None]]:
+    loop = asyncio.get_running_loop()
+    removers: list[Callable[[], None]] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if sys.platform == "win32":
+            previous = signal.getsignal(sig)
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+            removers.append(lambda s=sig, p=previous: signal.signal(s, p))  # type: ignore[misc]
+        else:
+            loop.add_signal_handler(sig, stop.set)
+            removers.append(lambda s=sig: loop.remove_signal_handler(s))  # type: ignore[misc]
+    return removers
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    return text
