@@ -114,7 +114,9 @@ class ControlPlane:
         # (port 0 in tests); the enrolment service asks for it lazily.
         self.enrolment = EnrolmentService(ctx, install_command=self._install_command)
         agent_app = AgentListener(ctx, self.enrolment, self.hub, self.ingestor).app()
-        agent_runner = web.AppRunner(agent_app, handle_signals=False, access_log=None)
+        agent_runner = web.AppRunner(
+            agent_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
+        )
         await agent_runner.setup()
         self._runners.append(agent_runner)
         site = web.TCPSite(
@@ -122,7 +124,6 @@ class ControlPlane:
             cfg.agent_listen.host,
             cfg.agent_listen.port,
             ssl_context=ssl_context(self.certificate),
-            shutdown_timeout=2.0,
         )
         await site.start()
         self.agent_port = _bound_port(agent_runner)
@@ -134,12 +135,12 @@ class ControlPlane:
             enrolment=self.enrolment,
             server_info=self.info,
         ).app()
-        api_runner = web.AppRunner(api_app, handle_signals=False, access_log=None)
+        api_runner = web.AppRunner(
+            api_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
+        )
         await api_runner.setup()
         self._runners.append(api_runner)
-        await web.TCPSite(
-            api_runner, cfg.api_listen.host, cfg.api_listen.port, shutdown_timeout=2.0
-        ).start()
+        await web.TCPSite(api_runner, cfg.api_listen.host, cfg.api_listen.port).start()
         self.api_port = _bound_port(api_runner)
         log.info(
             "control plane up: agents on %s (TLS, cert sha256 %s), API on http://%s",

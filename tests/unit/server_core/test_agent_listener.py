@@ -1,0 +1,187 @@
+"""The agent listener, in process, over real TLS, with a hand-driven agent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import keyring.backends.fail
+import pytest
+
+from agent import protocol as p
+from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint
+from server_core.services.context import OPERATOR
+from server_core.services.enrolment import parse_new_host
+from tests.helpers.fake_agent import FakeAgent, enrol, raw_frame
+
+
+@pytest.fixture
+async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    plane = ControlPlane(
+        ControlPlaneConfig(
+            data_dir=tmp_path / "data",
+            agent_listen=Endpoint("127.0.0.1", 0),
+            api_listen=Endpoint("127.0.0.1", 0),
+            keyring_backend=keyring.backends.fail.Keyring(),
+        )
+    )
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def add_host(cp: ControlPlane, name: str = "web1") -> str:
+    new = parse_new_host(
+        {
+            "hostname": name,
+            "repository": {"url": "/srv/r", "password": "hunter2hunter2"},
+            "initial_paths": ["/etc"],
+        }
+    )
+    grant = await cp.enrolment.add_host(new, OPERATOR)
+    return grant.token
+
+
+async def enrolled_agent(
+    cp: ControlPlane, session: aiohttp.ClientSession, name: str = "web1"
+) -> tuple[int, FakeAgent]:
+    token = await add_host(cp, name)
+    body = await enrol(session, cp.agent_url, cp.certificate.sha256, token, name)
+    agent = await FakeAgent.connect(session, cp.agent_url, cp.certificate.sha256, body["bearer"])
+    return body["host_id"], agent
+
+
+async def test_hello_pushes_credentials_and_the_probe_job(cp, session):
+    host_id, agent = await enrolled_agent(cp, session)
+    config = await agent.expect(p.ConfigUpdate)
+    assert config.repository.password == "hunter2hunter2"
+    command = await agent.expect(p.CommandRun)
+    assert command.kind == "init" and command.actor == "system"
+    host = await cp.hosts.get_host(host_id)
+    assert host.status == "online" and host.enrolled
+
+
+async def test_token_is_one_time(cp, session):
+    token = await add_host(cp)
+    await enrol(session, cp.agent_url, cp.certificate.sha256, token)
+    with pytest.raises(AssertionError, match="token already used"):
+        await enrol(session, cp.agent_url, cp.certificate.sha256, token)
+
+
+async def test_bad_bearer_is_refused_before_upgrade(cp, session):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+        await FakeAgent.connect(session, cp.agent_url, cp.certificate.sha256, "rmb_forged")
+    assert err.value.status == 401
+
+
+@pytest.mark.parametrize(("version", "code"), [(0, "protocol_too_old"), (99, "protocol_too_new")])
+async def test_protocol_mismatch_gets_an_error_and_a_clean_close(cp, session, version, code):
+    token = await add_host(cp)
+    body = await enrol(session, cp.agent_url, cp.certificate.sha256, token)
+    agent = await FakeAgent.connect(
+        session, cp.agent_url, cp.certificate.sha256, body["bearer"], hello=False
+    )
+    # A future hello may carry fields we do not know: still a version error.
+    await agent.send_raw(raw_frame("hello", {"protocol_version": version, "shiny": True}))
+    error = await agent.expect(p.Error)
+    assert error.code == code
+    closing = await agent.ws.receive(timeout=5)
+    assert closing.type in (
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSMsgType.CLOSED,
+        aiohttp.WSMsgType.CLOSING,
+    )
+
+
+async def test_bad_frames_get_errors_and_the_connection_survives(cp, session):
+    host_id, agent = await enrolled_agent(cp, session)
+    for frame in (
+        "{nope",
+        raw_frame("job.started", {"job_id": 1}),
+        raw_frame("command.run", {}),
+        "x" * 10,
+    ):
+        await agent.send_raw(frame)
+        error = await agent.expect(p.Error)
+        assert error.code == "bad_frame"
+    await agent.ws.send_bytes(b"\x00\x01")
+    assert (await agent.expect(p.Error)).code == "bad_frame"
+    mid = await agent.send(p.SnapshotsReport(collected_at=time.time(), snapshots=[]))
+    await agent.acked({mid})
+    assert (await cp.hosts.get_host(host_id)).status == "online"
+
+
+async def test_events_are_idempotent_and_acked_after_commit(cp, session):
+    host_id, agent = await enrolled_agent(cp, session)
+    job = "a" * 32
+    events = [
+        p.JobStarted(job_id=job, seq=1, kind="backup", actor="schedule", started_at=100.0),
+        p.JobLog(
+            job_id=job, seq=2, lines=[p.LogLine(seq=2, ts=101.0, stream="stdout", text="one")]
+        ),
+        p.JobProgress(job_id=job, seq=3, progress=p.Progress(percent=50.0)),
+        p.JobLog(
+            job_id=job, seq=4, lines=[p.LogLine(seq=4, ts=102.0, stream="stderr", text="two")]
+        ),
+        p.JobFinished(job_id=job, seq=5, status="succeeded", finished_at=103.0, exit_code=0),
+    ]
+    ids = [p.new_id() for _ in events]
+    for _ in range(2):  # a replay after a reconnect sends everything again
+        for mid, event in zip(ids, events, strict=True):
+            await agent.send(event, msg_id=mid)
+        await agent.acked(set(ids))
+    # A stale progress event after the finish must not revive the job.
+    await agent.acked(
+        {await agent.send(p.JobProgress(job_id=job, seq=3, progress=p.Progress(percent=1.0)))}
+    )
+    view = await cp.jobs.get_job(job)
+    assert view.status == "succeeded" and view.actor == "schedule" and view.log_lines == 2
+    assert [line.text for line in await cp.jobs.log(job)] == ["one", "two"]
+    jobs = await cp.jobs.list_jobs(host_id)
+    assert [j.id for j in jobs if j.kind == "backup"] == [job]
+
+
+async def test_an_agent_cannot_touch_another_hosts_job(cp, session):
+    _, agent_a = await enrolled_agent(cp, session, "a")
+    _, agent_b = await enrolled_agent(cp, session, "b")
+    job = "b" * 32
+    await agent_b.acked(
+        {
+            await agent_b.send(
+                p.JobStarted(job_id=job, seq=1, kind="backup", actor="agent", started_at=1.0)
+            )
+        }
+    )
+    forged = p.JobFinished(job_id=job, seq=9, status="failed", finished_at=2.0, error="forged")
+    await agent_a.acked({await agent_a.send(forged)})
+    assert (await cp.jobs.get_job(job)).status == "running"
+    forged_log = p.JobLog(
+        job_id=job, seq=10, lines=[p.LogLine(seq=10, ts=1.0, stream="stdout", text="x")]
+    )
+    await agent_a.acked({await agent_a.send(forged_log)})
+    assert await cp.jobs.log(job) == []
+    from server_core.services.audit_log import list_audit
+
+    refused = await cp.store.call(list_audit, action="agent.event_refused")
+    assert len(refused) == 2
+
+
+async def test_deleting_a_host_revokes_its_bearer_and_closes_the_socket(cp, session):
+    host_id, agent = await enrolled_agent(cp, session)
+    await agent.expect(p.ConfigUpdate)
+    await cp.hosts.delete_host(host_id, OPERATOR)
+    closing = await agent.ws.receive(timeout=5)
+    while closing.type == aiohttp.WSMsgType.TEXT:
+        closing = await agent.ws.receive(timeout=5)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert not cp.hub.is_connected(host_id)
