@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
     try:
@@ -77,30 +84,45 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
         # --help and --version end here.
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command == "enrol":
-        return _enrol(args, err)
+        return _enrol(args, out, err)
     if args.command == "run":
         return _run(args, err)
     print(f"{PROG}: error: missing command: enrol or run (see '{PROG} --help')", file=err)
     return EXIT_USAGE
 
 
-def _enrol(args: argparse.Namespace, err: TextIO) -> int:
-    from agent.restic_probe import restic_version_string
+def _enrol(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from agent.jobs import find_restic_binary
+    from agent.restic.version import ResticNotFound
+
+    async def go() -> tuple[enrol_mod.EnrolResult, str | None]:
+        restic_note: str | None = None
+        restic_version: str | None = None
+        # restic's finder falls back to PATH; an explicit --restic that does
+        # not exist is a typo the operator should hear about now.
+        if args.restic and shutil.which(args.restic) is None:
+            raise enrol_mod.EnrolError(
+                f"--restic {args.restic!r} is not an executable file", EXIT_USAGE
+            )
+        try:
+            restic = await find_restic_binary(args.restic)
+            restic_version = str(restic.version)
+        except ResticNotFound:
+            restic_note = "restic was not found in PATH: install it before the first backup"
+        result = await enrol_mod.enrol(
+            server_url=args.server,
+            token=args.token,
+            cert_sha256=args.cert_sha256,
+            config_path=args.config,
+            state_dir=args.state_dir,
+            restic_path=args.restic,
+            hostname=args.hostname,
+            restic_version=restic_version,
+        )
+        return result, restic_note
 
     try:
-        restic_version = restic_version_string(args.restic)
-        result = asyncio.run(
-            enrol_mod.enrol(
-                server_url=args.server,
-                token=args.token,
-                cert_sha256=args.cert_sha256,
-                config_path=args.config,
-                state_dir=args.state_dir,
-                restic_path=args.restic,
-                hostname=args.hostname,
-                restic_version=restic_version,
-            )
-        )
+        result, note = asyncio.run(go())
     except enrol_mod.EnrolError as exc:
         print(f"{PROG}: error: {exc}", file=err)
         return exc.exit_code
@@ -109,8 +131,9 @@ def _enrol(args: argparse.Namespace, err: TextIO) -> int:
         return EXIT_FAILURE
     print(
         f"Enrolled as host {result.hostname!r} (id {result.host_id}); config written to "
-        f"{result.config_path}. Start the agent with: {PROG} run --config {result.config_path}",
-        file=sys.stdout,
+        f"{result.config_path}. Start the agent with: {PROG} run --config {result.config_path}"
+        + (f" ({note})" if note else ""),
+        file=out,
     )
     return EXIT_OK
 
@@ -130,5 +153,9 @@ def _run(args: argparse.Namespace, err: TextIO) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:
+        logging.getLogger("agent").debug("agent failed", exc_info=True)
+        print(f"{PROG}: error: the agent stopped unexpectedly: {exc}", file=err)
+        return EXIT_FAILURE
     finally:
         root.removeHandler(handler)

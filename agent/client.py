@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import random
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import aiohttp
 
 from agent import platform_info, protocol
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.enrol import OUTBOX_FILE_NAME, mismatch_message, pin_ssl, secrets_file_for
+from agent.enrol import OUTBOX_FILE_NAME, pin_ssl, secrets_file_for
 from agent.jobs import JobRunner, JobSettings, ResticBinary, locate_restic
 from agent.outbox import Outbox, OutboxError
 from agent.redact import Redactor
@@ -44,6 +46,7 @@ MAX_IN_FLIGHT = 1000
 PUMP_BATCH = 200
 CONNECT_TIMEOUT_S = 20.0
 SHUTDOWN_DRAIN_S = 2.0
+REPEAT_REPORT_S = 600.0
 REJECTED_MESSAGE = (
     "this agent's credentials were rejected (host deleted or bearer revoked): re-enrol"
 )
@@ -127,10 +130,15 @@ class AgentClient:
         self._send_lock = asyncio.Lock()
         self._in_flight: dict[str, None] = {}
         self._incompatible = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_report: str | None = None
+        self._last_report_at = 0.0
         # Set while a connection is up; tests and shutdown wait on it.
         self.connected = asyncio.Event()
         self.connections = 0
+
+    @property
+    def restic_version(self) -> str | None:
+        return self._restic_version
 
     @property
     def schedule_version(self) -> int:
@@ -190,27 +198,43 @@ class AgentClient:
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
-                log.error(REJECTED_MESSAGE)
+                self._report(logging.ERROR, "rejected", REJECTED_MESSAGE)
                 return _Outcome.REJECTED, 0.0
-            log.warning(
+            self._report(
+                logging.WARNING,
+                f"http-{exc.status}",
                 "the control plane refused the connection (HTTP %s %s); retrying",
                 exc.status,
                 exc.message,
             )
             return _Outcome.FAILED, 0.0
         except aiohttp.ServerFingerprintMismatch as exc:
-            log.error("%s", mismatch_message(exc).replace("--cert-sha256", "cert_sha256"))
+            self._report(
+                logging.ERROR,
+                "pin",
+                "the server's certificate does not match cert_sha256 in the agent config "
+                "(expected %s, %s:%s presented %s): the bearer was not sent; check the "
+                "fingerprint shown in the app, and re-enrol if its certificate was replaced",
+                exc.expected.hex(),
+                exc.host,
+                exc.port,
+                exc.got.hex(),
+            )
             return _Outcome.PIN_MISMATCH, 0.0
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning(
+            reason = _describe(exc)
+            self._report(
+                logging.WARNING,
+                f"unreachable-{reason}",
                 "cannot reach the control plane at %s: %s; retrying",
                 self._config.server_url,
-                _describe(exc),
+                reason,
             )
             return _Outcome.FAILED, 0.0
 
         connected_at = loop.time()
         self.connections += 1
+        self._last_report = None
         log.info("connected to the control plane at %s", self._config.server_url)
         self._ws = ws
         self._in_flight.clear()
@@ -233,9 +257,10 @@ class AgentClient:
                     task.cancel()
                 await asyncio.gather(reader, stopper, *workers, return_exceptions=True)
             for task in done:
-                if task is not stopper and not task.cancelled() and task.exception():
-                    exc = task.exception()
-                    log.warning("connection lost: %s", _describe(exc))
+                if task is not stopper and not task.cancelled():
+                    failure = task.exception()
+                    if failure is not None:
+                        log.warning("connection lost: %s", _describe(failure))
             if stopper in done:
                 outcome = _Outcome.STOPPED
             elif self._incompatible:
@@ -255,6 +280,20 @@ class AgentClient:
                 ws.close_code,
             )
         return outcome, duration
+
+    def _report(self, level: int, reason: str, message: str, *args: object) -> None:
+        """Log a connection failure; the same one again only every few minutes.
+
+        An agent whose app is closed for a weekend retries thousands of times;
+        one line per retry would bury everything else in the journal.
+        """
+        now = time.monotonic()
+        if self._last_report == reason and now - self._last_report_at < REPEAT_REPORT_S:
+            log.debug(message, *args)
+            return
+        self._last_report = reason
+        self._last_report_at = now
+        log.log(level, message, *args)
 
     def _hello(self) -> protocol.Hello:
         return protocol.Hello(
@@ -289,6 +328,11 @@ class AgentClient:
             await self._dispatch(envelope)
         except (SecretsError, OSError, OutboxError) as exc:
             log.error("could not handle %s from the control plane: %s", envelope.type, exc)
+        except (aiohttp.ClientError, ConnectionError):
+            raise
+        except Exception:
+            # A bug in one handler must not drop the connection for everything else.
+            log.exception("could not handle %s from the control plane", envelope.type)
 
     async def _dispatch(self, envelope: protocol.Envelope) -> None:
         message = envelope.payload
@@ -339,6 +383,11 @@ class AgentClient:
                     message.code,
                     message.message,
                 )
+                # Retrying at once cannot help; close now (the server should
+                # too) so the long backoff starts.
+                ws = self._ws
+                if ws is not None:
+                    await ws.close()
             else:
                 log.warning("the control plane reported %s: %s", message.code, message.message)
 
@@ -446,10 +495,10 @@ class AgentClient:
             self._outbox.ack([entry_id])
             return None
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait (at most ``timeout``) until the server acked the whole outbox."""
+    async def drain(self, max_wait: float) -> bool:
+        """Wait (at most ``max_wait`` seconds) until the server acked the whole outbox."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + max_wait
         while self._outbox.count() > 0:
             if self._ws is None or loop.time() >= deadline:
                 return False
@@ -593,14 +642,14 @@ async def run_agent(
     agent = await Agent.open(config_path, **agent_kwargs)
     logging.getLogger("agent").setLevel(agent.config.log_level.upper())
     stop = stop or asyncio.Event()
-    removers: list[Callable[[], None]] = []
+    removers: list[Callable[[], object]] = []
     if install_signal_handlers:
         removers = _install_signal_handlers(stop)
     log.info(
         "agent %s started (host id %d, restic %s)",
         __version__,
         agent.config.host_id,
-        agent.client._restic_version or "not found",
+        agent.client.restic_version or "not found",
     )
     try:
         await agent.run(stop)
@@ -611,22 +660,27 @@ async def run_agent(
     return 0
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> list[Callable[[], None]]:
+def _install_signal_handlers(stop: asyncio.Event) -> list[Callable[[], object]]:
     loop = asyncio.get_running_loop()
-    removers: list[Callable[[], None]] = []
+    removers: list[Callable[[], object]] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         if sys.platform == "win32":
+            # No add_signal_handler on the Windows event loop.
             previous = signal.getsignal(sig)
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
-            removers.append(lambda s=sig, p=previous: signal.signal(s, p))  # type: ignore[misc]
+            removers.append(functools.partial(signal.signal, sig, previous))
         else:
             loop.add_signal_handler(sig, stop.set)
-            removers.append(lambda s=sig: loop.remove_signal_handler(s))  # type: ignore[misc]
+            removers.append(functools.partial(loop.remove_signal_handler, sig))
     return removers
 
 
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
-    text = str(exc) or type(exc).__name__
-    return text
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # str() of these embeds the TLS object's repr; the OS reason is what helps.
+        return exc.os_error.strerror or str(exc.os_error) or "connection failed"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

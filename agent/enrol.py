@@ -67,7 +67,7 @@ def normalize_server_url(url: str) -> str:
     text = url.strip().rstrip("/")
     try:
         parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        _ = parts.port  # raises ValueError on a malformed port
     except ValueError:
         raise EnrolError(
             f"--server {url!r} is not a valid URL; use https://HOST:PORT as shown in the app",
@@ -100,19 +100,27 @@ def mismatch_message(exc: aiohttp.ServerFingerprintMismatch) -> str:
     )
 
 
-async def enrol(
-    *,
+@dataclass(frozen=True)
+class _Plan:
+    server: str
+    pin: str
+    token: str
+    config_path: Path
+    state_dir: Path
+    restic_path: str | None
+    hostname: str
+
+
+def _plan(
     server_url: str,
     token: str,
     cert_sha256: str,
     config_path: Path,
-    state_dir: Path | None = None,
-    restic_path: str | None = None,
-    hostname: str | None = None,
-    restic_version: str | None = None,
-    timeout: float = ENROL_TIMEOUT_S,
-) -> EnrolResult:
-    """Enrol this host and write its config and secrets; raises EnrolError."""
+    state_dir: Path | None,
+    restic_path: str | None,
+    hostname: str | None,
+) -> _Plan:
+    """Validate everything before the token leaves the host; usage errors exit 2."""
     server = normalize_server_url(server_url)
     try:
         pin = protocol.normalize_fingerprint(cert_sha256)
@@ -125,26 +133,25 @@ async def enrol(
     config_path = config_path.expanduser().absolute()
     if config_path.is_dir():
         raise EnrolError(f"--config {config_path} is a directory; give a file path", EXIT_USAGE)
-    name = platform_info.hostname(hostname)
-
-    request = protocol.EnrolRequest(
+    return _Plan(
+        server=server,
+        pin=pin,
         token=token,
-        hostname=name,
-        os=platform_info.os_name(),
-        arch=platform_info.arch(),
-        agent_version=__version__,
-        restic_version=restic_version,
-    )
-    body = await _post_enrol(server, pin, request, timeout)
-    response = _parse_response(body)
-
-    cfg = AgentConfig(
-        server_url=server,
-        cert_sha256=pin,
-        host_id=response.host_id,
-        state_dir=str(state),
+        config_path=config_path,
+        state_dir=state,
         restic_path=restic_path,
-        hostname=response.hostname or name,
+        hostname=platform_info.hostname(hostname),
+    )
+
+
+def _write(plan: _Plan, response: protocol.EnrolResponse) -> EnrolResult:
+    cfg = AgentConfig(
+        server_url=plan.server,
+        cert_sha256=plan.pin,
+        host_id=response.host_id,
+        state_dir=str(plan.state_dir),
+        restic_path=plan.restic_path,
+        hostname=response.hostname or plan.hostname,
     )
     problems = validate_config(cfg)
     if problems:
@@ -152,28 +159,54 @@ async def enrol(
     try:
         # Secrets first: a config on disk means "enrolled", so it must never
         # exist without the bearer that goes with it.
-        secrets_file_for(config_path, state).save({"bearer": response.bearer})
-        save_config(config_path, cfg)
+        secrets_file_for(plan.config_path, plan.state_dir).save({"bearer": response.bearer})
+        save_config(plan.config_path, cfg)
     except (OSError, SecretsError, ConfigError) as exc:
         raise EnrolError(
-            f"the server accepted the token but writing {config_path} / {state} failed: {exc}; "
-            "fix the paths or permissions and enrol again with a new token"
+            f"the server accepted the token but writing {plan.config_path} / {plan.state_dir} "
+            f"failed: {exc}; fix the paths or permissions and enrol again with a new token"
         ) from exc
     return EnrolResult(
         host_id=response.host_id,
-        hostname=cfg.hostname or name,
-        config_path=config_path,
-        state_dir=state,
+        hostname=cfg.hostname or plan.hostname,
+        config_path=plan.config_path,
+        state_dir=plan.state_dir,
     )
 
 
+async def enrol(
+    *,
+    server_url: str,
+    token: str,
+    cert_sha256: str,
+    config_path: Path,
+    state_dir: Path | None = None,
+    restic_path: str | None = None,
+    hostname: str | None = None,
+    restic_version: str | None = None,
+    timeout_seconds: float = ENROL_TIMEOUT_S,
+) -> EnrolResult:
+    """Enrol this host and write its config and secrets; raises EnrolError."""
+    plan = _plan(server_url, token, cert_sha256, config_path, state_dir, restic_path, hostname)
+    request = protocol.EnrolRequest(
+        token=plan.token,
+        hostname=plan.hostname,
+        os=platform_info.os_name(),
+        arch=platform_info.arch(),
+        agent_version=__version__,
+        restic_version=restic_version,
+    )
+    body = await _post_enrol(plan.server, plan.pin, request, timeout_seconds)
+    return _write(plan, _parse_response(body))
+
+
 async def _post_enrol(
-    server: str, pin: str, request: protocol.EnrolRequest, timeout: float
+    server: str, pin: str, request: protocol.EnrolRequest, timeout_seconds: float
 ) -> tuple[int, bytes]:
     url = server + protocol.ENROL_PATH
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_seconds)) as session,
             session.post(url, json=protocol.to_dict(request), ssl=pin_ssl(pin)) as resp,
         ):
             return resp.status, await resp.read()
@@ -186,7 +219,8 @@ async def _post_enrol(
         ) from None
     except TimeoutError:
         raise EnrolError(
-            f"{server} did not answer within {timeout:.0f} s; check --server and the network"
+            f"{server} did not answer within {timeout_seconds:.0f} s; "
+            "check --server and the network"
         ) from None
     except aiohttp.ClientError as exc:
         raise EnrolError(f"enrolment request to {server} failed: {exc}") from None
