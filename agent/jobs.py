@@ -389,6 +389,7 @@ class JobRunner:
                     source_group_id=cmd.source_group.id if cmd.source_group else None,
                 )
             )
+            log.info("job %s (%s, %s) started", cmd.job_id, cmd.kind, cmd.actor)
             outcome = await self._execute(job)
         except asyncio.CancelledError:
             self._finish_safely(job, _Outcome(status="cancelled"))
@@ -430,6 +431,12 @@ class JobRunner:
             )
             # Only once job.finished is durable may the job stop being "running".
             self._store.clear_running(job.job_id)
+            log.info(
+                "job %s finished: %s%s",
+                job.job_id,
+                outcome.status,
+                f" ({error})" if error else "",
+            )
         finally:
             self._forget(job)
 

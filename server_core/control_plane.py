@@ -98,7 +98,12 @@ class ControlPlane:
             common_name=socket.gethostname() or "restic-manager",
             extra_names=[advertise],
         )
-        self.hub = AgentHub(self.store, self.bus, offline_after_s=cfg.offline_after_s)
+        self.hub = AgentHub(
+            self.store,
+            self.bus,
+            offline_after_s=cfg.offline_after_s,
+            sweep_interval_s=min(5.0, cfg.offline_after_s / 3),
+        )
         ctx = ServiceContext(
             store=self.store, box=SecretBox(key.key), bus=self.bus, agents=self.hub
         )

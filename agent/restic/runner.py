@@ -107,13 +107,14 @@ async def _pump(stream: asyncio.StreamReader, deliver: Callable[[str], None]) ->
         if b"\n" not in chunk:
             parts.append(chunk)
             size += len(chunk)
-            if size >= MAX_LINE_BYTES:
+            # Keep a non-empty remainder (not counting a trailing CR): a line
+            # of exactly MAX_LINE_BYTES must not be followed by a phantom "".
+            if size > MAX_LINE_BYTES + 1:
                 pending = b"".join(parts)
-                cut = len(pending) - len(pending) % MAX_LINE_BYTES
+                body = len(pending) - pending.endswith(b"\r")
+                cut = (body - 1) // MAX_LINE_BYTES * MAX_LINE_BYTES
                 _deliver_pieces(pending[:cut], deliver)
-                parts, size = (
-                    ([pending[cut:]], len(pending) - cut) if cut < len(pending) else ([], 0)
-                )
+                parts, size = [pending[cut:]], len(pending) - cut
             continue
         first, *middle, last = chunk.split(b"\n")
         parts.append(first)

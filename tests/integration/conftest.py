@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.helpers.restic_bins import RESTIC_BINARIES
 
 from tests.helpers.fleet import AgentProcess, Api, ControlPlaneProcess, ResticWatcher, make_tree
+from tests.helpers.restic_bins import RESTIC_BINARIES
 
 
 @pytest.fixture(params=sorted(RESTIC_BINARIES), ids=lambda v: f"restic{v}")

@@ -227,3 +227,21 @@ def test_agent_killed_mid_backup_reports_failure(fleet, tmp_path: Path, password
     job = wait_job(fleet.api, job_id, timeout=60)
     assert job["status"] == "failed"
     assert "restarted" in job["error"]
+
+
+def test_cancel_a_running_backup(fleet, tmp_path: Path, password: str):
+    host_id, job_id, _ = _slow_backup(fleet, tmp_path, password, "web5")
+    assert fleet.api.post(f"/jobs/{job_id}/cancel") == {"status": "cancel requested"}
+    job = wait_job(fleet.api, job_id, timeout=60)
+    assert job["status"] == "cancelled"
+    with pytest.raises(ApiError) as err:
+        fleet.api.post(f"/jobs/{job_id}/cancel")
+    assert err.value.status == 409
+    assert fleet.api.get(f"/hosts/{host_id}/snapshots") == []
+    # restic is gone and left no lock behind: the next backup just works.
+    group = fleet.api.get(f"/hosts/{host_id}/source-groups")[0]
+    fleet.api.call("PUT", f"/hosts/{host_id}/bandwidth", {"upload_kib_s": None})
+    again = fleet.api.post(
+        f"/hosts/{host_id}/jobs", {"kind": "backup", "source_group_id": group["id"]}
+    )
+    assert wait_job(fleet.api, again["job_id"])["status"] == "succeeded"

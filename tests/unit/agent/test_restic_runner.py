@@ -138,9 +138,31 @@ async def test_line_splitting_across_chunk_boundaries(
 ) -> None:
     monkeypatch.setattr(runner_module, "_READ_CHUNK", chunk)
     monkeypatch.setattr(runner_module, "MAX_LINE_BYTES", 10)
-    data = b"a\r\n\nbc\r\r\n" + b"x" * 25 + b"\n" + b"y" * 10 + b"\nlast\r"
+    data = (
+        b"a\r\n\nbc\r\r\n"
+        + b"x" * 25
+        + b"\n"
+        + b"y" * 10
+        + b"\n"
+        + b"z" * 10
+        + b"\r\n"
+        + b"w" * 11
+        + b"\r\nlast\r"
+    )
     _, lines = await run(py(f"import sys; sys.stdout.buffer.write({data!r})"))
-    assert lines.out == ["a", "", "bc\r", *(["x" * 10] * 2), "xxxxx", "y" * 10, "last"]
+    assert lines.out == [
+        "a",
+        "",
+        "bc\r",
+        "x" * 10,
+        "x" * 10,
+        "x" * 5,
+        "y" * 10,
+        "z" * 10,
+        "w" * 10,
+        "w",
+        "last",
+    ]
 
 
 async def test_heavy_output_on_both_pipes_does_not_deadlock() -> None:

@@ -18,13 +18,19 @@ from tests.helpers.fake_agent import FakeAgent, enrol, raw_frame
 
 
 @pytest.fixture
-async def cp(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+def offline_after() -> float:
+    return 90.0
+
+
+@pytest.fixture
+async def cp(tmp_path: Path, offline_after: float) -> AsyncIterator[ControlPlane]:
     plane = ControlPlane(
         ControlPlaneConfig(
             data_dir=tmp_path / "data",
             agent_listen=Endpoint("127.0.0.1", 0),
             api_listen=Endpoint("127.0.0.1", 0),
             keyring_backend=keyring.backends.fail.Keyring(),
+            offline_after_s=offline_after,
         )
     )
     await plane.start()
@@ -185,3 +191,20 @@ async def test_deleting_a_host_revokes_its_bearer_and_closes_the_socket(cp, sess
         closing = await agent.ws.receive(timeout=5)
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert not cp.hub.is_connected(host_id)
+
+
+@pytest.mark.parametrize("offline_after", [1.5])
+async def test_a_silent_agent_goes_offline_and_heartbeats_keep_it_online(cp, session):
+    import asyncio
+
+    host_id, _silent = await enrolled_agent(cp, session, "silent")
+    chatty_id, chatty = await enrolled_agent(cp, session, "chatty")
+    for _ in range(8):
+        await asyncio.sleep(0.5)
+        await chatty.send(p.Heartbeat())
+    assert (await cp.hosts.get_host(host_id)).status == "offline"
+    assert (await cp.hosts.get_host(chatty_id)).status == "online"
+    from server_core.services.audit_log import list_audit
+
+    offline = await cp.store.call(list_audit, action="host.offline")
+    assert [e.target_id for e in offline] == [str(host_id)]
