@@ -314,8 +314,7 @@ async def test_unreadable_file_gives_exit_3_and_error_lines(repo: Repo) -> None:
         repo_path, cache, source = base / "repo", base / "cache", base / "src"
         creds = RepoCredentials(url=str(repo_path), password=PASSWORD)
         opts = GlobalOptions(binary=repo.binary, cache_dir=str(cache), version=repo.version)
-        done = await run(init_cmd(opts, creds, BASE_ENV))
-        assert done.result.exit_code == 0, done.stderr
+        shutil.copytree(repo.template, repo_path)
         source.mkdir(mode=0o755)
         (source / "ok").write_text("fine\n")
         locked = source / "locked"
@@ -384,7 +383,7 @@ async def test_unreachable_rest_server(repo: Repo) -> None:
     # 0.14 gives up at once; 0.18 retries for minutes, so the caller's own
     # timeout stops it and classifies what it printed so far.
     loop = asyncio.get_running_loop()
-    timer = loop.call_later(2.5, cancel.set)
+    timer = loop.call_later(1.5, cancel.set)
     done = await run(probe_cmd(repo.opts, creds, BASE_ENV), cancel=cancel, grace_seconds=3)
     timer.cancel()
     assert "connection refused" in done.result.stderr_tail
