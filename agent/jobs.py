@@ -112,6 +112,11 @@ class _Outcome:
     repo_status: RepoStatus | None = None
 
 
+# Long enough for a slow cloud backend to create a repository, short enough
+# that a wrong URL shows up while the operator is still looking.
+PROBE_TIMEOUT_S = 300.0
+
+
 class _JobFailed(Exception):
     def __init__(
         self, error: str, exit_code: int | None = None, repo_status: RepoStatus | None = None
@@ -247,8 +252,10 @@ class JobRunner:
         log_flush_interval: float = LOG_FLUSH_INTERVAL_S,
         log_batch_lines: int = LOG_BATCH_LINES,
         progress_interval: float = PROGRESS_INTERVAL_S,
+        probe_timeout: float = PROBE_TIMEOUT_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._probe_timeout = probe_timeout
         self._emit = emit
         self._store = store
         self._state_dir = state_dir
@@ -537,15 +544,50 @@ class JobRunner:
         command: rc.ResticCommand,
         on_stdout: Callable[[str], None] | None = None,
         on_stderr: Callable[[str], None] | None = None,
+        time_limit: float | None = None,
     ) -> ResticResult:
         log.debug("job %s: %s", job.job_id, command.display())
-        result = await run_restic(
-            command,
-            on_stdout=on_stdout or (lambda line: job.log("stdout", line)),
-            on_stderr=on_stderr or (lambda line: job.log("stderr", line)),
-            cancel=job.cancel,
-            grace_seconds=self._grace_seconds,
-        )
+        stop = job.cancel
+        timed_out = False
+        timer: asyncio.TimerHandle | None = None
+        relay: asyncio.Task[None] | None = None
+        if time_limit is not None:
+            # restic 0.18 retries an unreachable backend for many minutes; a
+            # probe must fail in bounded time with what restic last said.
+            stop = asyncio.Event()
+
+            def expire() -> None:
+                nonlocal timed_out
+                timed_out = True
+                stop.set()
+
+            async def follow_cancel() -> None:
+                await job.cancel.wait()
+                stop.set()
+
+            timer = asyncio.get_running_loop().call_later(time_limit, expire)
+            relay = asyncio.create_task(follow_cancel())
+        try:
+            result = await run_restic(
+                command,
+                on_stdout=on_stdout or (lambda line: job.log("stdout", line)),
+                on_stderr=on_stderr or (lambda line: job.log("stderr", line)),
+                cancel=stop,
+                grace_seconds=self._grace_seconds,
+            )
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if relay is not None:
+                relay.cancel()
+        if timed_out and not job.cancel.is_set():
+            lines = [ln for ln in (result.stderr_tail or "").splitlines() if ln.strip()]
+            last = _cap(self._redactor.redact(lines[-1].strip()), MAX_ERROR_BYTES) if lines else ""
+            raise _JobFailed(
+                f"restic did not finish within {time_limit:.0f} s"
+                + (f"; it last said: {last}" if last else ""),
+                repo_status="init_failed" if job.cmd.kind == "init" else None,
+            )
         if result.cancelled:
             raise _JobCancelled()
         return result
@@ -559,6 +601,7 @@ class JobRunner:
                 job,
                 repo.build(rc.init_cmd),
                 on_stdout=lambda line: self._log_init_stdout(job, line),
+                time_limit=self._probe_timeout,
             )
             if result.exit_code != 0:
                 kind = rerrors.classify(result.exit_code, result.stderr_tail, repo.restic.version)
@@ -570,7 +613,9 @@ class JobRunner:
             # Always prove the password and URL work, whether we created the
             # repository or found one: a typo must surface now, not at the
             # first scheduled backup.
-            probe = await self._restic_run(job, repo.build(rc.probe_cmd), on_stdout=_ignore)
+            probe = await self._restic_run(
+                job, repo.build(rc.probe_cmd), on_stdout=_ignore, time_limit=self._probe_timeout
+            )
             if probe.exit_code != 0:
                 raise _JobFailed(
                     self._error_text(probe), probe.exit_code, repo_status="init_failed"

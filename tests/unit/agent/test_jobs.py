@@ -527,3 +527,50 @@ async def test_progress_is_throttled_but_the_last_state_is_sent(
         assert h.of("thr", protocol.SnapshotsReport) == []
         assert done.summary is not None and done.summary["files_new"] == 30
         assert_well_ordered(h, "thr")
+
+
+async def test_a_repository_that_never_answers_fails_the_probe_in_bounded_time(tmp_path):
+    """restic 0.18 retries an unreachable REST server for minutes; the probe must not."""
+    import asyncio
+
+    from agent import protocol
+    from agent.jobs import JobRunner, ResticBinary
+    from agent.outbox import Outbox
+    from agent.redact import Redactor
+    from agent.restic.version import ResticVersion
+
+    # A stand-in restic that keeps "retrying" forever, as 0.18 does.
+    fake = tmp_path / "restic"
+    fake.write_text(
+        "#!/bin/sh\necho 'Stat(<config/>) returned error, retrying after 1s: connection refused' >&2\nexec sleep 600\n"
+    )
+    fake.chmod(0o755)
+    events: list[protocol.Message] = []
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    runner = JobRunner(
+        emit=events.append,
+        store=outbox,
+        state_dir=tmp_path,
+        redactor=Redactor(),
+        restic=ResticBinary(str(fake), ResticVersion(0, 18, 0)),
+        grace_seconds=1.0,
+        probe_timeout=1.5,
+    )
+    from agent.jobs import JobSettings
+
+    runner.update_settings(
+        JobSettings(
+            repository=protocol.RepoCredentials(
+                url="rest:http://127.0.0.1:1/", password="pw12345678"
+            )
+        )
+    )
+    cmd = protocol.CommandRun(job_id="j" * 32, kind="init", actor="system")
+    await asyncio.wait_for(runner.run(cmd), timeout=20)
+    finished = [e for e in events if isinstance(e, protocol.JobFinished)]
+    assert len(finished) == 1
+    assert finished[0].status == "failed"
+    assert finished[0].repo_status == "init_failed"
+    assert "did not finish within 2 s" in finished[0].error
+    assert "connection refused" in finished[0].error
+    outbox.close()
