@@ -62,6 +62,8 @@ class JobStore(Protocol):
 
     def next_seq(self, job_id: str) -> int: ...
 
+    def reserve_seqs(self, job_id: str, count: int) -> int: ...
+
     def mark_running(self, job_id: str, kind: str) -> None: ...
 
     def clear_running(self, job_id: str) -> None: ...
@@ -115,6 +117,8 @@ class _Outcome:
 # Long enough for a slow cloud backend to create a repository, short enough
 # that a wrong URL shows up while the operator is still looking.
 PROBE_TIMEOUT_S = 300.0
+# Event numbers reserved per durable write; see Outbox.reserve_seqs.
+SEQ_BLOCK = 1000
 
 
 class _JobFailed(Exception):
@@ -159,9 +163,16 @@ class _Job:
         self._pending_progress: protocol.Progress | None = None
         self._progress_timer: asyncio.TimerHandle | None = None
         self._last_progress_at: float | None = None
+        self._seq_next = 0
+        self._seq_end = 0
 
     def seq(self) -> int:
-        return self._deps.store.next_seq(self.job_id)
+        if self._seq_next >= self._seq_end:
+            self._seq_next = self._deps.store.reserve_seqs(self.job_id, SEQ_BLOCK)
+            self._seq_end = self._seq_next + SEQ_BLOCK
+        seq = self._seq_next
+        self._seq_next += 1
+        return seq
 
     def emit(self, message: protocol.Message) -> None:
         self._deps.emit(message)

@@ -254,3 +254,18 @@ def test_refuses_newer_schema(db: Path) -> None:
     conn.close()
     with pytest.raises(OutboxError, match="newer agent"):
         Outbox(db)
+
+
+def test_reserved_blocks_keep_numbers_increasing_across_a_crash(tmp_path):
+    from agent.outbox import Outbox
+
+    box = Outbox(tmp_path / "o.sqlite3")
+    first = box.reserve_seqs("job", 1000)
+    assert first == 1
+    box.close()
+    # A restart mid-block: whatever was used of 1..1000 stays below the next number.
+    box = Outbox(tmp_path / "o.sqlite3")
+    assert box.next_seq("job") == 1001
+    assert box.reserve_seqs("job", 5) == 1002
+    assert box.next_seq("job") == 1007
+    box.close()
