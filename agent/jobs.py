@@ -64,6 +64,8 @@ class JobStore(Protocol):
 
     def reserve_seqs(self, job_id: str, count: int) -> int: ...
 
+    def knows_job(self, job_id: str) -> bool: ...
+
     def mark_running(self, job_id: str, kind: str) -> None: ...
 
     def clear_running(self, job_id: str) -> None: ...
@@ -316,7 +318,7 @@ class JobRunner:
         if existing is not None:
             log.info("job %s is already running; ignored a repeated command.run", cmd.job_id)
             return existing
-        if cmd.job_id in self._finished:
+        if cmd.job_id in self._finished or self._store.knows_job(cmd.job_id):
             # A server that re-sends a command after a reconnect gets the
             # job's events from the outbox; running it twice would not help.
             log.info("job %s already ran; ignored a repeated command.run", cmd.job_id)

@@ -188,6 +188,12 @@ class Outbox:
         """The next event number of ``job_id``: 1, 2, 3, … across restarts."""
         return self.reserve_seqs(job_id, 1)
 
+    def knows_job(self, job_id: str) -> bool:
+        """Whether this agent ever numbered an event of ``job_id`` (i.e. started it)."""
+        with self._lock:
+            row = self._db().execute("SELECT 1 FROM job_seq WHERE job_id = ?", (job_id,)).fetchone()
+        return row is not None
+
     def reserve_seqs(self, job_id: str, count: int) -> int:
         """Reserve ``count`` consecutive event numbers of ``job_id``; returns the first.
 

@@ -412,6 +412,16 @@ async def test_unsupported_kind(tmp_path: Path) -> None:
         assert len(h.of("pr", protocol.JobStarted)) == 1
 
 
+async def test_a_command_repeated_after_an_agent_restart_does_not_run_twice(tmp_path: Path) -> None:
+    # The server re-sends jobs still "queued" on hello; the agent may have
+    # started one just before it restarted, and its events wait in the outbox.
+    async with make_harness(tmp_path, None) as h:
+        await h.runner.run(run_cmd("once", "prune"))
+    async with make_harness(tmp_path, None) as again:
+        await again.runner.run(run_cmd("once", "prune"))
+        assert again.of("once", protocol.JobStarted) == []
+
+
 async def test_command_credentials_are_used_for_that_job_only(
     harness: Harness, shared_repo: Path, tmp_path: Path
 ) -> None:
