@@ -238,7 +238,20 @@ class AgentListener:
 
     async def _schedule_acked(self, host_id: int, version: int) -> None:
         def run() -> None:
-            Host.update(schedule_acked_version=version).where(Host.id == host_id).execute()
+            changed = (
+                Host.update(schedule_acked_version=version)
+                .where((Host.id == host_id) & (Host.schedule_acked_version != version))
+                .execute()
+            )
+            if changed:
+                audit.record(
+                    "agent",
+                    "host.schedule_acked",
+                    actor_id=host_id,
+                    target_kind="host",
+                    target_id=host_id,
+                    payload={"version": version},
+                )
 
         await self._ctx.store.transaction(run)
         self._ctx.bus.publish(HostChanged(host_id))

@@ -376,6 +376,19 @@ def _repo_stats(host_id: int, msg: RepoStatsReport) -> list[Event]:
         "snapshot_count": msg.snapshot_count,
         "blob_count": msg.blob_count,
     }
+    before = RepoStats.get_or_none(RepoStats.host == host_id)
+    if before is None or (before.total_size, before.snapshot_count) != (
+        msg.total_size,
+        msg.snapshot_count,
+    ):
+        audit.record(
+            "agent",
+            "repo.stats_changed",
+            actor_id=host_id,
+            target_kind="host",
+            target_id=host_id,
+            payload={"total_size": msg.total_size, "snapshot_count": msg.snapshot_count},
+        )
     RepoStats.insert(host=host_id, collected_at=msg.collected_at, **values).on_conflict(
         conflict_target=[RepoStats.host],
         update={"collected_at": msg.collected_at, **values},

@@ -95,6 +95,7 @@ def test_enrol_backup_snapshot(
         "job.finished",
         "host.repo_status",
         "snapshots.changed",
+        "repo.stats_changed",
     ):
         assert expected in actions, f"no audit entry {expected}: {sorted(actions)}"
 
