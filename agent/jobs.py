@@ -516,7 +516,7 @@ class JobRunner:
             limit_download_kib=bandwidth.download_kib_s,
             version=self._restic.version,
         )
-        return _Repo(restic=self._restic, creds=creds, opts=opts, rcreds=_restic_creds(creds))
+        return _Repo(restic=self._restic, creds=creds, opts=opts, rcreds=creds)
 
     @contextlib.asynccontextmanager
     async def _repo_lock(self, job: _Job, repo: _Repo) -> AsyncIterator[None]:
@@ -844,16 +844,6 @@ async def _noop() -> None:
 
 
 # -- helpers ----------------------------------------------------------------
-
-
-def _restic_creds(creds: protocol.RepoCredentials) -> rc.RepoCredentials:
-    return rc.RepoCredentials(
-        url=creds.url,
-        password=creds.password,
-        username=creds.username,
-        backend_password=creds.backend_password,
-        env=dict(creds.env),
-    )
 
 
 def _progress(p: rparse.BackupProgress, redactor: Redactor) -> protocol.Progress:

@@ -62,6 +62,15 @@ ErrorCode = Literal[
 ]
 
 
+# "scheme://user:password@host": the password part, to hide it in repr().
+_URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^/@\s]*@")
+
+
+def redact_url(url: str) -> str:
+    """Hide a password embedded in a URL (`rest:http://user:pw@host` -> `user:***@`)."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
+
+
 class ProtocolError(ValueError):
     """A frame that cannot be accepted; ``code`` is suitable for an error envelope."""
 
@@ -85,8 +94,8 @@ class RepoCredentials:
     def __repr__(self) -> str:
         # Never let a secret slip into a log line through repr().
         return (
-            f"RepoCredentials(url=<redacted>, username={self.username!r}, "
-            f"env_keys={sorted(self.env)})"
+            f"RepoCredentials(url={redact_url(self.url)!r}, password='***', "
+            f"username={self.username!r}, env_keys={sorted(self.env)})"
         )
 
 

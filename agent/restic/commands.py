@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from agent.protocol import RepoCredentials, redact_url
+
 if TYPE_CHECKING:
     from agent.restic.version import ResticVersion
 
@@ -113,26 +115,8 @@ def _is_reserved_env(name: str) -> bool:
     return name.startswith("RESTIC_") and ("PASSWORD" in name or "REPOSITORY" in name)
 
 
-def redact_url(url: str) -> str:
-    """Hide a password embedded in a URL (`rest:http://user:pw@host` -> `user:***@`)."""
-    return _URL_PASSWORD_RE.sub(r"\1***@", url)
-
-
-@dataclass(frozen=True)
-class RepoCredentials:
-    url: str
-    password: str
-    username: str | None = None
-    backend_password: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        backend = None if self.backend_password is None else "***"
-        env = {name: "***" for name in self.env}
-        return (
-            f"RepoCredentials(url={redact_url(self.url)!r}, password='***', "
-            f"username={self.username!r}, backend_password={backend!r}, env={env!r})"
-        )
+# One credentials type from the wire to restic's environment.
+__all__ = ["RepoCredentials", "redact_url"]
 
 
 @dataclass(frozen=True)
