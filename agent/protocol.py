@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import time
 import types
@@ -28,6 +29,13 @@ MAX_FRAME_BYTES = 1024 * 1024
 # Nesting deeper than any legitimate payload is refused before it reaches
 # the type walker, so a hostile frame cannot exhaust the stack.
 MAX_NESTING = 32
+
+# Bounds every decoded value must respect: SQLite integers are 64-bit, and
+# no legitimate string comes near the cap (log lines are cut at 64 KiB).
+MAX_INT = 2**63 - 1
+MAX_STRING = 256 * 1024
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ID_FIELDS = frozenset({"job_id", "call_id"})
 
 HEARTBEAT_INTERVAL_S = 30.0
 OFFLINE_AFTER_S = 90.0
@@ -63,7 +71,7 @@ ErrorCode = Literal[
 
 
 # "scheme://user:password@host": the password part, to hide it in repr().
-_URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^/@\s]*@")
+_URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)[^/\s]*@")
 
 
 def redact_url(url: str) -> str:
@@ -262,6 +270,8 @@ class JobFinished(Message):
     error: str | None = None
     warnings: bool = False
     summary: dict[str, Any] | None = None
+    # How many log lines the agent wrote, so a gap in the stored log shows.
+    log_lines: int | None = None
     # For init/probe jobs: the repository's state as the agent saw it.
     repo_status: Literal["ready", "init_failed"] | None = None
 
@@ -273,6 +283,9 @@ class SnapshotsReport(Message):
     collected_at: float
     snapshots: list[SnapshotInfo]
     job_id: str | None = None
+    # A long list goes in several reports with the same collected_at; the
+    # last one says complete, and only then are vanished snapshots dropped.
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -480,7 +493,7 @@ def parse_frame(data: str | bytes) -> dict[str, Any]:
         raise ProtocolError(f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame must be a JSON object")
-    _check_depth(obj, 0)
+    _check_values(obj, 0)
     for key, kind in (("type", str), ("id", str)):
         if not isinstance(obj.get(key), kind):
             raise ProtocolError(f"envelope field '{key}' must be a string")
@@ -592,6 +605,9 @@ def from_dict(cls: type[T], data: Any, *, path: str = "") -> T:
                 raise ProtocolError(f"{where}: missing field '{name}'")
             continue
         kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
+        value = kwargs[name]
+        if name in _ID_FIELDS and isinstance(value, str) and not JOB_ID_PATTERN.fullmatch(value):
+            raise ProtocolError(f"{where}.{name}: must be 1-64 letters, digits, '-' or '_'")
     return cls(**kwargs)
 
 
@@ -668,15 +684,29 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_depth(value: Any, depth: int) -> None:
+def _check_values(value: Any, depth: int) -> None:
+    """Refuse what JSON allows but nobody should send: deep nesting, huge or
+    non-finite numbers, giant strings."""
     if depth > MAX_NESTING:
         raise ProtocolError(f"frame nests deeper than {MAX_NESTING} levels")
     if isinstance(value, dict):
-        for v in value.values():
-            _check_depth(v, depth + 1)
+        for k, v in value.items():
+            if len(k) > MAX_STRING:
+                raise ProtocolError("frame has an oversized key")
+            _check_values(v, depth + 1)
     elif isinstance(value, list):
         for v in value:
-            _check_depth(v, depth + 1)
+            _check_values(v, depth + 1)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not -MAX_INT - 1 <= value <= MAX_INT:
+            raise ProtocolError("frame has an integer outside the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ProtocolError("frame has a number that is not finite")
+    elif isinstance(value, str) and len(value) > MAX_STRING:
+        raise ProtocolError(f"frame has a string longer than {MAX_STRING} characters")
 
 
 def _reject_constant(name: str) -> Any:

@@ -1,5 +1,9 @@
 """Numbered schema migrations.
 
+Ids of rows that outlive their deletion in audit entries, scripts and
+in-flight agent events use AUTOINCREMENT, so an id is never handed to a
+second host, group or token.
+
 Each migration is frozen SQL: the model classes may grow, but what version
 N created never changes. Later migrations use column-level ``ALTER TABLE``
 only — rebuilding a parent table in SQLite with foreign keys on would
@@ -15,7 +19,7 @@ import peewee as pw
 
 _V1_INITIAL_SCHEMA = """
 CREATE TABLE "host" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "name" TEXT NOT NULL,
     "created_at" REAL NOT NULL,
     "enrolled_at" REAL,
@@ -42,7 +46,7 @@ CREATE TABLE "host" (
 CREATE UNIQUE INDEX "host_name" ON "host" ("name");
 CREATE UNIQUE INDEX "host_bearer_hash" ON "host" ("bearer_hash");
 CREATE TABLE "enrolment_token" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "host_id" INTEGER NOT NULL,
     "token_hash" TEXT NOT NULL,
     "created_at" REAL NOT NULL,
@@ -66,7 +70,7 @@ CREATE TABLE "host_credential" (
 CREATE INDEX "host_credential_host_id" ON "host_credential" ("host_id");
 CREATE UNIQUE INDEX "host_credential_host_id_slot" ON "host_credential" ("host_id", "slot");
 CREATE TABLE "source_group" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "host_id" INTEGER NOT NULL,
     "name" TEXT NOT NULL,
     "includes" TEXT NOT NULL,
@@ -82,7 +86,7 @@ CREATE TABLE "source_group" (
 CREATE INDEX "source_group_host_id" ON "source_group" ("host_id");
 CREATE UNIQUE INDEX "source_group_host_id_name" ON "source_group" ("host_id", "name");
 CREATE TABLE "schedule" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "host_id" INTEGER NOT NULL,
     "cron" TEXT NOT NULL,
     "enabled" INTEGER NOT NULL,
@@ -137,6 +141,9 @@ CREATE TABLE "job" (
     "progress" TEXT,
     "last_seq" INTEGER NOT NULL,
     "log_lines" INTEGER NOT NULL,
+    "log_lines_reported" INTEGER,
+    "dispatched_at" REAL,
+    "cancel_requested_at" REAL,
     FOREIGN KEY ("host_id") REFERENCES "host" ("id") ON DELETE CASCADE,
     FOREIGN KEY ("source_group_id") REFERENCES "source_group" ("id") ON DELETE SET NULL,
     FOREIGN KEY ("schedule_id") REFERENCES "schedule" ("id") ON DELETE SET NULL
@@ -196,7 +203,7 @@ CREATE TABLE "repo_stats_daily" (
 CREATE INDEX "repo_stats_daily_host_id" ON "repo_stats_daily" ("host_id");
 CREATE UNIQUE INDEX "repo_stats_daily_host_id_day" ON "repo_stats_daily" ("host_id", "day");
 CREATE TABLE "alert" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "host_id" INTEGER,
     "kind" TEXT NOT NULL,
     "severity" TEXT NOT NULL,
@@ -213,7 +220,7 @@ CREATE TABLE "alert" (
 CREATE INDEX "alert_host_id" ON "alert" ("host_id");
 CREATE INDEX "alert_dedup_key_status" ON "alert" ("dedup_key", "status");
 CREATE TABLE "notification_channel" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "kind" TEXT NOT NULL,
     "name" TEXT NOT NULL,
     "enabled" INTEGER NOT NULL,
@@ -238,7 +245,7 @@ CREATE TABLE "notification_attempt" (
 CREATE INDEX "notification_attempt_channel_id" ON "notification_attempt" ("channel_id");
 CREATE INDEX "notification_attempt_alert_id" ON "notification_attempt" ("alert_id");
 CREATE TABLE "audit_entry" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "ts" REAL NOT NULL,
     "actor_kind" TEXT NOT NULL,
     "actor_id" TEXT,
@@ -249,7 +256,7 @@ CREATE TABLE "audit_entry" (
 );
 CREATE INDEX "audit_entry_ts" ON "audit_entry" ("ts");
 CREATE TABLE "api_token" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "name" TEXT NOT NULL,
     "token_hash" TEXT NOT NULL,
     "created_at" REAL NOT NULL,
@@ -258,7 +265,7 @@ CREATE TABLE "api_token" (
 );
 CREATE UNIQUE INDEX "api_token_token_hash" ON "api_token" ("token_hash");
 CREATE TABLE "pending_host" (
-    "id" INTEGER NOT NULL PRIMARY KEY,
+    "id" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
     "fingerprint" TEXT NOT NULL,
     "public_key" BLOB NOT NULL,
     "hostname" TEXT NOT NULL,

@@ -130,6 +130,9 @@ class Job(BaseModel):
     progress = pw.TextField(null=True)  # JSON
     last_seq = pw.IntegerField(default=0)
     log_lines = pw.IntegerField(default=0)
+    log_lines_reported = pw.IntegerField(null=True)  # what the agent says it wrote
+    dispatched_at = pw.FloatField(null=True)  # when command.run last went out
+    cancel_requested_at = pw.FloatField(null=True)
 
     class Meta:
         indexes = ((("host", "created_at"), False), (("host", "kind", "finished_at"), False))

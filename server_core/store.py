@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,11 @@ class Store:
 
     def open_sync(self) -> None:
         """Open and migrate from the calling thread (CLI tools, tests)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.exists():
+            # SQLite gives -wal and -shm the main file's mode: make it private.
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(self.path, 0o600)
         # Binding the model classes is peewee's way of choosing a database;
         # a process runs one store at a time.
         self.db.bind(ALL_MODELS, bind_refs=False, bind_backrefs=False)
@@ -68,7 +73,10 @@ class Store:
         """Run ``fn`` inside one transaction on the store thread."""
 
         def run() -> T:
-            with self.db.atomic():
+            # IMMEDIATE takes the write lock up front, so a concurrent writer
+            # (another process) makes us wait out busy_timeout instead of
+            # failing at the first write after a read.
+            with self.db.atomic(lock_type="IMMEDIATE"):
                 return fn(*args, **kwargs)
 
         return await self.call(run)

@@ -160,6 +160,27 @@ HELLO = p.to_dict(SAMPLES[0])
             "nests deeper",
         ),
         (_frame("heartbeat", {"running_job_ids": [], "outbox_pending": None}), "must not be null"),
+        (_frame("schedule.ack", {"version": 2**70}), "64-bit range"),
+        (
+            '{"type":"job.progress","id":"x","ts":1,"payload":{"job_id":"j","seq":1,"progress":{"percent":1e400}}}',
+            "not finite",
+        ),
+        (
+            _frame(
+                "job.finished",
+                {
+                    "job_id": "j",
+                    "seq": 1,
+                    "status": "failed",
+                    "finished_at": 1,
+                    "summary": {"x": 1e999},
+                },
+            ),
+            "not finite",
+        ),
+        (_frame("command.cancel", {"job_id": "x" * 300_000}), "longer than"),
+        (_frame("command.cancel", {"job_id": "../../etc"}), "job_id: must be 1-64"),
+        (_frame("command.cancel", {"job_id": ""}), "job_id: must be 1-64"),
     ],
 )
 def test_malformed_frames_are_refused_with_a_clear_error(frame: str, needle: str) -> None:
@@ -244,3 +265,9 @@ def test_arbitrary_payloads_only_ever_raise_protocol_error(type_: str, payload: 
 def test_arbitrary_bytes_only_ever_raise_protocol_error(data: bytes | str) -> None:
     with contextlib.suppress(p.ProtocolError):
         p.decode(data)
+
+
+def test_url_passwords_with_at_signs_are_hidden_whole() -> None:
+    assert p.redact_url("rest:https://u:p@ss@host:8000/repo") == "rest:https://u:***@host:8000/repo"
+    assert p.redact_url("rest:https://u@host/") == "rest:https://u@host/"
+    assert p.redact_url("/srv/restic") == "/srv/restic"
