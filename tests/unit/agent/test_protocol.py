@@ -166,16 +166,8 @@ HELLO = p.to_dict(SAMPLES[0])
             "not finite",
         ),
         (
-            _frame(
-                "job.finished",
-                {
-                    "job_id": "j",
-                    "seq": 1,
-                    "status": "failed",
-                    "finished_at": 1,
-                    "summary": {"x": 1e999},
-                },
-            ),
+            '{"type":"job.finished","id":"x","ts":1,"payload":{"job_id":"j","seq":1,'
+            '"status":"failed","finished_at":1,"summary":{"x":-1e999}}}',
             "not finite",
         ),
         (_frame("command.cancel", {"job_id": "x" * 300_000}), "longer than"),
