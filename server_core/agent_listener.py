@@ -36,7 +36,7 @@ from server_core import agent_sync, audit
 from server_core.errors import ServiceError
 from server_core.events import HostChanged
 from server_core.hub import AgentConnection, AgentHub
-from server_core.ingest import Acker, EventIngestor, Incoming
+from server_core.ingest import AgentSink, EventIngestor, Incoming
 from server_core.models import Host
 from server_core.services.context import ServiceContext
 from server_core.services.enrolment import EnrolmentService
@@ -190,10 +190,7 @@ class AgentListener:
 
     async def _serve(self, conn: AgentConnection) -> str:
         bad_frames = 0
-
-        async def ack(ids: list[str]) -> None:
-            if not conn.ws.closed:
-                await conn.send(Ack(ids=ids))
+        sink = _ConnectionSink(conn)
 
         async for msg in conn.ws:
             conn.touch()
@@ -210,7 +207,7 @@ class AgentListener:
                         )
                         return "too many bad frames"
                     continue
-                await self._handle(conn, envelope.payload, envelope, ack)
+                await self._handle(conn, envelope.payload, envelope, sink)
             elif msg.type == WSMsgType.BINARY:
                 bad_frames += 1
                 await conn.send(Error(code="bad_frame", message="binary frames are not accepted"))
@@ -219,10 +216,10 @@ class AgentListener:
         return "connection closed"
 
     async def _handle(
-        self, conn: AgentConnection, payload: Message, envelope: Envelope, ack: Acker
+        self, conn: AgentConnection, payload: Message, envelope: Envelope, sink: AgentSink
     ) -> None:
         if payload.DURABLE:
-            await self._ingestor.submit(Incoming(conn.host_id, envelope, ack))
+            await self._ingestor.submit(Incoming(conn.host_id, envelope, sink))
         elif isinstance(payload, Heartbeat):
             pass  # touch() already recorded it
         elif isinstance(payload, ScheduleAck):
@@ -255,3 +252,15 @@ class AgentListener:
 
         await self._ctx.store.transaction(run)
         self._ctx.bus.publish(HostChanged(host_id))
+
+
+class _ConnectionSink:
+    def __init__(self, conn: AgentConnection) -> None:
+        self._conn = conn
+
+    async def ack(self, ids: list[str]) -> None:
+        if not self._conn.ws.closed:
+            await self._conn.send(Ack(ids=ids))
+
+    async def abort(self, reason: str) -> None:
+        await self._conn.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=reason.encode()[:120])

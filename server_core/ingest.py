@@ -16,8 +16,10 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+import peewee as pw
 
 from agent.protocol import (
     TERMINAL_STATUSES,
@@ -54,14 +56,26 @@ from server_core.store import Store
 
 log = logging.getLogger(__name__)
 
-Acker = Callable[[list[str]], Awaitable[None]]
+
+class AgentSink(Protocol):
+    """The connection an event came from: acknowledged after commit, or
+    dropped so the agent replays what could not be stored."""
+
+    async def ack(self, ids: list[str]) -> None: ...
+
+    async def abort(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class Incoming:
     host_id: int
     envelope: Envelope
-    ack: Acker
+    sink: AgentSink
+
+
+# Back-off between attempts at a batch while another process holds the
+# database's write lock (each attempt already waits out busy_timeout).
+RETRY_DELAYS_S = (0.2, 1.0, 3.0)
 
 
 class Rejected(Exception):
@@ -118,33 +132,57 @@ class EventIngestor:
     async def _write(self, batch: list[Incoming]) -> None:
         if not batch:
             return
-        try:
-            events = await self._store.transaction(self._apply_batch, batch)
-        except Exception:
-            # One bad event must not hold up the rest: retry one by one.
-            log.exception("batch write failed; applying %d events one by one", len(batch))
-            events = []
-            for item in batch:
-                try:
-                    events += await self._store.transaction(self._apply_batch, [item])
-                except Exception:
-                    log.exception(
-                        "dropping agent event %s (%s) from host %s",
-                        item.envelope.id,
-                        item.envelope.type,
-                        item.host_id,
-                    )
-        self.applied += len(batch)
-        by_acker: dict[Acker, list[str]] = {}
-        for item in batch:
-            by_acker.setdefault(item.ack, []).append(item.envelope.id)
-        for acker, ids in by_acker.items():
+        committed, failed, events = await self._commit(batch)
+        self.applied += len(committed)
+        by_sink: dict[AgentSink, list[str]] = {}
+        for item in committed:
+            by_sink.setdefault(item.sink, []).append(item.envelope.id)
+        for sink, ids in by_sink.items():
             try:
-                await acker(ids)
+                await sink.ack(ids)
             except Exception:
                 # The agent will replay; application is idempotent.
                 log.debug("could not ack %d events", len(ids), exc_info=True)
+        for sink in {item.sink for item in failed}:
+            # Never ack what is not stored: drop the link and let the agent
+            # send it again when it reconnects.
+            with contextlib.suppress(Exception):
+                await sink.abort("the control plane could not store events; replay later")
         self._bus.publish_all(events)
+
+    async def _commit(
+        self, batch: list[Incoming]
+    ) -> tuple[list[Incoming], list[Incoming], list[Event]]:
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                events = await self._store.transaction(self._apply_batch, batch)
+                return batch, [], events
+            except pw.OperationalError as exc:
+                if delay is None:
+                    break
+                log.warning(
+                    "database busy (%s); retrying %d events in %.1f s", exc, len(batch), delay
+                )
+                await asyncio.sleep(delay)
+            except Exception:
+                log.exception("batch write failed; applying %d events one by one", len(batch))
+                break
+        committed: list[Incoming] = []
+        failed: list[Incoming] = []
+        events = []
+        for item in batch:
+            try:
+                events += await self._store.transaction(self._apply_batch, [item])
+                committed.append(item)
+            except Exception:
+                log.exception(
+                    "could not store agent event %s (%s) from host %s",
+                    item.envelope.id,
+                    item.envelope.type,
+                    item.host_id,
+                )
+                failed.append(item)
+        return committed, failed, events
 
     # -- applied on the store thread, inside one transaction -----------------
 
@@ -153,8 +191,11 @@ class EventIngestor:
         for item in batch:
             msg = item.envelope.payload
             try:
-                events += apply_event(item.host_id, msg)
-            except Rejected as exc:
+                with self._store.db.atomic():  # a savepoint: a refused event leaves no trace
+                    events += apply_event(item.host_id, msg)
+            except (Rejected, ValueError, OverflowError, TypeError, KeyError) as exc:
+                # Bad data, not a bad database: retrying would fail the same
+                # way forever, so the event is refused (and acknowledged).
                 log.warning("refused %s from host %s: %s", msg.TYPE, item.host_id, exc)
                 audit.record(
                     "agent",
@@ -183,6 +224,12 @@ def _job_for(host_id: int, job_id: str, *, kind: str = "unknown") -> Job:
     elif job.host_id != host_id:
         raise Rejected(f"job {job_id} belongs to another host")
     return job
+
+
+def _check_time(ts: float, what: str) -> None:
+    # Between 1970 and 5138: anything else is a broken clock or a hostile agent.
+    if not 0 <= ts < 1e11:
+        raise Rejected(f"{what} {ts!r} is not a plausible time")
 
 
 def apply_event(host_id: int, msg: Message) -> list[Event]:
@@ -236,6 +283,8 @@ def _job_started(host_id: int, msg: JobStarted) -> list[Event]:
             target_id=msg.job_id,
             payload={"kind": msg.kind, "actor": msg.actor, "source_group_id": msg.source_group_id},
         )
+    elif job.kind not in ("unknown", msg.kind):
+        raise Rejected(f"job {msg.job_id} is a {job.kind} job, not {msg.kind}")
     elif job.status == "queued" or job.kind == "unknown":
         job.status = "running" if job.status not in TERMINAL_STATUSES else job.status
         job.kind = msg.kind
@@ -294,6 +343,7 @@ def _job_finished(host_id: int, msg: JobFinished) -> list[Event]:
     job.error = msg.error
     job.warnings = msg.warnings
     job.summary = json.dumps(msg.summary) if msg.summary is not None else None
+    job.log_lines_reported = msg.log_lines
     job.last_seq = max(job.last_seq, msg.seq)
     job.save()
     audit.record(
@@ -329,17 +379,17 @@ def _job_finished(host_id: int, msg: JobFinished) -> list[Event]:
 
 
 def _snapshots(host_id: int, msg: SnapshotsReport) -> list[Event]:
-    now = time.time()
+    """Upsert the reported snapshots, stamped with the collection time; the
+    report that completes a collection drops whatever that collection did not see."""
     reported = {s.id: s for s in msg.snapshots}
-    existing = {
-        sid: pk
-        for pk, sid in Snapshot.select(Snapshot.id, Snapshot.snapshot_id)
-        .where(Snapshot.host == host_id)
-        .tuples()
-    }
-    gone = [pk for sid, pk in existing.items() if sid not in reported]
-    for start in range(0, len(gone), 500):
-        Snapshot.delete().where(Snapshot.id.in_(gone[start : start + 500])).execute()
+    existing = dict(
+        Snapshot.select(Snapshot.snapshot_id, Snapshot.id).where(Snapshot.host == host_id).tuples()
+    )
+    seen = [existing[sid] for sid in reported if sid in existing]
+    for start in range(0, len(seen), 500):
+        Snapshot.update(seen_at=msg.collected_at).where(
+            Snapshot.id.in_(seen[start : start + 500]) & (Snapshot.seen_at < msg.collected_at)
+        ).execute()
     new_rows = [
         {
             "host": host_id,
@@ -350,26 +400,34 @@ def _snapshots(host_id: int, msg: SnapshotsReport) -> list[Event]:
             "paths": json.dumps(s.paths),
             "tags": json.dumps(s.tags),
             "tree": s.tree,
-            "seen_at": now,
+            "seen_at": msg.collected_at,
         }
         for sid, s in reported.items()
         if sid not in existing
     ]
     for start in range(0, len(new_rows), 200):
         Snapshot.insert_many(new_rows[start : start + 200]).execute()
-    if gone or new_rows:
+    removed = 0
+    if msg.complete:
+        removed = (
+            Snapshot.delete()
+            .where((Snapshot.host == host_id) & (Snapshot.seen_at < msg.collected_at))
+            .execute()
+        )
+    if removed or new_rows:
         audit.record(
             "agent",
             "snapshots.changed",
             actor_id=host_id,
             target_kind="host",
             target_id=host_id,
-            payload={"added": len(new_rows), "removed": len(gone), "total": len(reported)},
+            payload={"added": len(new_rows), "removed": removed},
         )
     return [SnapshotsChanged(host_id), HostChanged(host_id)]
 
 
 def _repo_stats(host_id: int, msg: RepoStatsReport) -> list[Event]:
+    _check_time(msg.collected_at, "collected_at")
     values = {
         "total_size": msg.total_size,
         "total_uncompressed_size": msg.total_uncompressed_size,
