@@ -167,6 +167,7 @@ class _Job:
         self._last_progress_at: float | None = None
         self._seq_next = 0
         self._seq_end = 0
+        self.lines_written = 0
 
     def seq(self) -> int:
         if self._seq_next >= self._seq_end:
@@ -185,6 +186,7 @@ class _Job:
         text = self._deps.redactor.line(text.rstrip("\r\n"))
         line = protocol.LogLine(seq=self.seq(), ts=self._deps.clock(), stream=stream, text=text)
         self._lines.append(line)
+        self.lines_written += 1
         self._line_bytes += len(text.encode("utf-8", errors="replace")) + 64
         if len(self._lines) >= self._deps.log_batch_lines or self._line_bytes >= LOG_BATCH_BYTES:
             self.flush_logs()
@@ -447,6 +449,7 @@ class JobRunner:
                     warnings=outcome.warnings,
                     summary=outcome.summary,
                     repo_status=outcome.repo_status,
+                    log_lines=job.lines_written,
                 )
             )
             # Only once job.finished is durable may the job stop being "running".
@@ -752,12 +755,17 @@ class JobRunner:
                 raise _JobFailed(problem, result.exit_code)
             job.log("agent", problem)
             return
-        snapshots = _fit_snapshots(snapshots, job)
-        job.emit(
-            protocol.SnapshotsReport(
-                collected_at=self._clock(), snapshots=snapshots, job_id=job.job_id
+        collected_at = self._clock()
+        pages = _snapshot_pages(snapshots)
+        for number, page in enumerate(pages, start=1):
+            job.emit(
+                protocol.SnapshotsReport(
+                    collected_at=collected_at,
+                    snapshots=page,
+                    job_id=job.job_id,
+                    complete=number == len(pages),
+                )
             )
-        )
         job.log("agent", f"{len(snapshots)} snapshot(s) in the repository")
 
     async def _report_stats(self, job: _Job, repo: _Repo, *, strict: bool) -> None:
@@ -908,27 +916,20 @@ def _snapshot_info(s: rparse.SnapshotInfo, redactor: Redactor) -> protocol.Snaps
     )
 
 
-def _fit_snapshots(
-    snapshots: list[protocol.SnapshotInfo], job: _Job
-) -> list[protocol.SnapshotInfo]:
-    """Keep the report inside one frame; the newest snapshots matter most."""
-    sizes = [len(json.dumps(protocol.to_dict(s))) + 1 for s in snapshots]
-    if sum(sizes) <= SNAPSHOTS_REPORT_BUDGET:
-        return snapshots
-    ordered = sorted(range(len(snapshots)), key=lambda i: snapshots[i].time, reverse=True)
-    keep: set[int] = set()
+def _snapshot_pages(
+    snapshots: list[protocol.SnapshotInfo],
+) -> list[list[protocol.SnapshotInfo]]:
+    """Split the list into reports that each fit in one frame (always at least one)."""
+    pages: list[list[protocol.SnapshotInfo]] = [[]]
     used = 0
-    for i in ordered:
-        if used + sizes[i] > SNAPSHOTS_REPORT_BUDGET:
-            break
-        keep.add(i)
-        used += sizes[i]
-    job.log(
-        "agent",
-        f"the repository holds {len(snapshots)} snapshots; only the newest {len(keep)} fit "
-        "in one report",
-    )
-    return [s for i, s in enumerate(snapshots) if i in keep]
+    for snap in snapshots:
+        size = len(json.dumps(protocol.to_dict(snap))) + 1
+        if pages[-1] and used + size > SNAPSHOTS_REPORT_BUDGET:
+            pages.append([])
+            used = 0
+        pages[-1].append(snap)
+        used += size
+    return pages
 
 
 def _human_bytes(n: int) -> str:

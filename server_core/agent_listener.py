@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -44,6 +43,7 @@ from server_core.services.enrolment import EnrolmentService
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 2.0
 MAX_BAD_FRAMES = 50
 
 
@@ -73,7 +73,7 @@ class AgentListener:
     async def enrol(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return json_error(400, "bad_request", "the body must be JSON")
         try:
             req = from_dict(EnrolRequest, body)
@@ -97,16 +97,26 @@ class AgentListener:
             return json_error(
                 401, "unauthorized", "unknown or revoked agent credentials: re-enrol this host"
             )
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None)
+        # A short close timeout: a dead peer must not hold up whoever closes it.
+        ws = web.WebSocketResponse(
+            max_msg_size=MAX_FRAME_BYTES, heartbeat=None, timeout=CLOSE_TIMEOUT_S
+        )
         await ws.prepare(request)
         hello = await self._receive_hello(ws)
         if hello is None:
             return ws
         conn = AgentConnection(host_id=host_id, ws=ws, remote=request.remote)
-        await self._on_hello(conn, hello)
+        # Registered before any await, so a previous connection of this host
+        # that is still winding down can no longer mark it offline.
+        self._hub.register(conn)
         reason = "connection closed"
         try:
+            await self._on_hello(conn, hello)
             reason = await self._serve(conn)
+        except Exception:
+            log.exception("agent connection of host %s failed", host_id)
+            reason = "internal error"
+            await self._hub.close(conn, "internal error in the control plane")
         finally:
             await self._hub.unregister(conn, reason)
         return ws
@@ -117,6 +127,8 @@ class AgentListener:
         except TimeoutError:
             await self._refuse(ws, Error(code="bad_frame", message="no hello received in time"))
             return None
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return None  # the peer left before saying hello
         if msg.type != WSMsgType.TEXT:
             await self._refuse(ws, Error(code="bad_frame", message="expected a hello text frame"))
             return None
@@ -173,7 +185,6 @@ class AgentListener:
             )
 
         await self._ctx.store.transaction(run)
-        await self._hub.register(conn)
         self._ctx.bus.publish(HostChanged(conn.host_id))
         box = self._ctx.box
         config = await self._ctx.store.call(agent_sync.config_update, box, conn.host_id)
@@ -211,6 +222,11 @@ class AgentListener:
             elif msg.type == WSMsgType.BINARY:
                 bad_frames += 1
                 await conn.send(Error(code="bad_frame", message="binary frames are not accepted"))
+                if bad_frames > MAX_BAD_FRAMES:
+                    await conn.ws.close(
+                        code=WSCloseCode.POLICY_VIOLATION, message=b"too many bad frames"
+                    )
+                    return "too many bad frames"
             elif msg.type == WSMsgType.ERROR:
                 return f"connection error: {conn.ws.exception()}"
         return "connection closed"

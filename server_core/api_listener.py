@@ -25,27 +25,43 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTOR_KEY = web.RequestKey("actor", Actor)
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, *, field: str | None = None
+) -> web.Response:
+    error: dict[str, str] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return web.json_response({"error": error}, status=status)
+
+
+MAX_ID = 2**63 - 1
 
 
 def _int_param(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise NotFound(f"{name.replace('_', ' ')} {raw!r} does not exist") from None
-    return value
+    what = name.removesuffix("_id").replace("_", " ")
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+        raise NotFound(f"{what} {raw[:40]!r} does not exist")
+    return int(raw)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput("the request body must be valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
     return body
+
+
+def _optional_id(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_ID:
+        raise InvalidInput(f"'{name}' must be a positive integer", field=name)
+    return value
 
 
 class ApiListener:
@@ -92,7 +108,7 @@ class ApiListener:
         try:
             return await handler(request)
         except ServiceError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            return error_response(exc.status, exc.code, exc.message, field=exc.field)
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
@@ -188,11 +204,11 @@ class ApiListener:
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         kind = body.get("kind")
-        if not isinstance(kind, str):
+        if kind is None:
             raise InvalidInput("'kind' is required", field="kind")
-        group = body.get("source_group_id")
-        if group is not None and (not isinstance(group, int) or isinstance(group, bool)):
-            raise InvalidInput("'source_group_id' must be an integer", field="source_group_id")
+        if not isinstance(kind, str):
+            raise InvalidInput("'kind' must be a string", field="kind")
+        group = _optional_id(body, "source_group_id")
         job_id = await self._jobs.dispatch(
             host_id, kind, actor=request[ACTOR_KEY], source_group_id=group
         )
@@ -241,10 +257,12 @@ class ApiListener:
     async def audit(self, request: web.Request) -> web.Response:
         q = request.query
         try:
-            limit = min(int(q.get("limit", "500")), 10_000)
+            limit = int(q.get("limit", "500"))
             since = float(q["since"]) if "since" in q else None
         except ValueError:
             raise InvalidInput("'limit' and 'since' must be numbers") from None
+        if not 1 <= limit <= 10_000:
+            raise InvalidInput("'limit' must be between 1 and 10000", field="limit")
         entries = await self._ctx.store.call(
             list_audit,
             limit=limit,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from agent.protocol import RepoCredentials
+from agent.protocol import RepoCredentials, redact_url
 from server_core.crypto import SecretBox, row_aad
 from server_core.errors import InvalidInput
 from server_core.models import HostCredential
 
 SLOTS = ("everyday", "admin")
+MIN_PASSWORD_LEN = 4
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 _RESERVED_ENV = frozenset(
     {"RESTIC_REPOSITORY", "RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND"}
@@ -38,6 +38,13 @@ def parse_repository(data: Any, field: str = "repository") -> RepoCredentials:
         raise InvalidInput(f"'{field}.password' is required", field=f"{field}.password")
     if len(password) > 4096 or "\0" in password:
         raise InvalidInput(f"'{field}.password' is too long", field=f"{field}.password")
+    if len(password) < MIN_PASSWORD_LEN:
+        # Shorter ones could not be told apart from ordinary text when the
+        # agent scrubs secrets out of log lines.
+        raise InvalidInput(
+            f"'{field}.password' must have at least {MIN_PASSWORD_LEN} characters",
+            field=f"{field}.password",
+        )
     optional: dict[str, str | None] = {}
     for name in ("username", "backend_password"):
         value = data.get(name)
@@ -63,23 +70,6 @@ def parse_repository(data: Any, field: str = "repository") -> RepoCredentials:
         backend_password=optional["backend_password"],
         env={str(k): str(v) for k, v in env.items()},
     )
-
-
-def redact_url(url: str) -> str:
-    """The URL as it may be shown or logged: any embedded password replaced."""
-    _scheme, sep, rest = url.partition(":")
-    # restic URLs look like "rest:https://user:pw@host/" or "s3:https://..."
-    inner = rest if sep and "://" in rest else url
-    head = url[: len(url) - len(inner)]
-    try:
-        parts = urlsplit(inner)
-    except ValueError:
-        return head + "<unparseable>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return head + urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _aad(host_id: int, slot: str) -> str:

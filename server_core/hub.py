@@ -18,6 +18,8 @@ from server_core.store import Store
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT_S = 2.0
+
 
 @dataclass(eq=False)
 class AgentConnection:
@@ -55,6 +57,7 @@ class AgentHub:
         self._sweep_interval = sweep_interval_s
         self._connections: dict[int, AgentConnection] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- AgentLink -------------------------------------------------------
 
@@ -75,21 +78,36 @@ class AgentHub:
     async def disconnect(self, host_id: int, reason: str) -> None:
         conn = self._connections.get(host_id)
         if conn is not None:
-            await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
+            await self.close(conn, reason, code=WSCloseCode.POLICY_VIOLATION)
+
+    async def close(
+        self, conn: AgentConnection, reason: str, *, code: int = WSCloseCode.GOING_AWAY
+    ) -> None:
+        """Close a socket without letting a dead peer hold up the caller."""
+        try:
+            await asyncio.wait_for(
+                conn.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT_S
+            )
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.debug("closing the connection of host %s: %s", conn.host_id, exc)
+
+    def _close_later(self, conn: AgentConnection, reason: str) -> None:
+        task = asyncio.create_task(self.close(conn, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # -- connection lifecycle (called by the listener) -------------------
 
     def connected_count(self) -> int:
         return len(self._connections)
 
-    async def register(self, conn: AgentConnection) -> None:
+    def register(self, conn: AgentConnection) -> None:
+        """Make ``conn`` the host's connection at once (no await: no window
+        in which an older connection's departure could mark the host offline)."""
         old = self._connections.get(conn.host_id)
         self._connections[conn.host_id] = conn
         if old is not None:
-            with contextlib.suppress(Exception):
-                await old.ws.close(
-                    code=WSCloseCode.GOING_AWAY, message=b"replaced by a newer connection"
-                )
+            self._close_later(old, "replaced by a newer connection")
 
     async def unregister(self, conn: AgentConnection, reason: str) -> None:
         if self._connections.get(conn.host_id) is not conn:
@@ -144,11 +162,11 @@ class AgentHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for conn in list(self._connections.values()):
-            with contextlib.suppress(Exception):
-                await conn.ws.close(
-                    code=WSCloseCode.GOING_AWAY, message=b"control plane shutting down"
-                )
+        await asyncio.gather(
+            *(self.close(c, "control plane shutting down") for c in self._connections.values()),
+            *self._closing,
+            return_exceptions=True,
+        )
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -163,13 +181,11 @@ class AgentHub:
         for conn in list(self._connections.values()):
             if now - conn.last_message_at > self._offline_after:
                 log.info(
-                    "host %s silent for %.0f s: closing", conn.host_id, now - conn.last_message_at
+                    "host %s silent for %.0f s: offline", conn.host_id, now - conn.last_message_at
                 )
-                with contextlib.suppress(Exception):
-                    await conn.ws.close(
-                        code=WSCloseCode.GOING_AWAY, message=b"no heartbeat within the timeout"
-                    )
+                # Offline first; the (possibly slow) close happens on the side.
                 await self.unregister(conn, "no heartbeat within the timeout")
+                self._close_later(conn, "no heartbeat within the timeout")
         seen = {c.host_id: c.last_seen_wall for c in self._connections.values()}
         if seen:
             # Heartbeats only touch memory; the database learns about them here.

@@ -90,6 +90,8 @@ class JobView:
     summary: dict[str, Any] | None
     progress: dict[str, Any] | None
     log_lines: int
+    # What the agent says it wrote; differs from log_lines only if lines were lost.
+    log_lines_reported: int | None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.protocol import EnrolRequest, EnrolResponse, RepoCredentials
+from agent.protocol import EnrolRequest, EnrolResponse, RepoCredentials, redact_url
 from server_core import audit, credentials, tokens
 from server_core.errors import Conflict, InvalidInput, Unauthorized
 from server_core.events import HostChanged
@@ -121,7 +121,7 @@ class EnrolmentService:
                 target_id=host.id,
                 payload={
                     "name": new.hostname,
-                    "url": credentials.redact_url(new.repository.url),
+                    "url": redact_url(new.repository.url),
                     "admin_slot": new.admin_repository is not None,
                     "initial_paths": new.initial_paths,
                     "tags": new.tags,
@@ -146,29 +146,18 @@ class EnrolmentService:
         bearer = tokens.new_token("rmb")
         now = time.time()
 
-        def run() -> EnrolResponse:
+        def run() -> EnrolResponse | str:
             row = EnrolmentToken.get_or_none(
                 EnrolmentToken.token_hash == tokens.hash_token(req.token)
             )
-            problem = None
             if row is None or not tokens.token_matches(req.token, row.token_hash):
-                problem = "unknown token"
-            elif row.used_at is not None:
-                problem = "token already used"
-            elif row.revoked_at is not None:
-                problem = "token revoked"
-            elif row.expires_at < now:
-                problem = "token expired"
-            if problem is not None:
-                audit.record(
-                    "agent",
-                    "enrolment.refused",
-                    payload={"reason": problem, "hostname": req.hostname, "source_ip": source_ip},
-                )
-                raise Unauthorized(
-                    f"enrolment refused: {problem}; create a new token in the app "
-                    "(Add host, or Regenerate on the host)"
-                )
+                return "unknown token"
+            if row.used_at is not None:
+                return "token already used"
+            if row.revoked_at is not None:
+                return "token revoked"
+            if row.expires_at < now:
+                return "token expired"
             host = Host.get_by_id(row.host_id)
             row.used_at = now
             row.save()
@@ -217,9 +206,25 @@ class EnrolmentService:
             create_job(host.id, "init", SYSTEM)
             return EnrolResponse(host_id=host.id, bearer=bearer, hostname=host.name)
 
-        response = await self._ctx.store.transaction(run)
-        self._ctx.bus.publish(HostChanged(response.host_id))
-        return response
+        outcome = await self._ctx.store.transaction(run)
+        if isinstance(outcome, str):
+            # Its own transaction: the refusal is what must be kept.
+            await self._ctx.store.transaction(
+                audit.record,
+                "agent",
+                "enrolment.refused",
+                payload={
+                    "reason": outcome,
+                    "hostname": req.hostname[:255],
+                    "source_ip": source_ip,
+                },
+            )
+            raise Unauthorized(
+                f"enrolment refused: {outcome}; create a new token in the app "
+                "(Add host, or Regenerate on the host)"
+            )
+        self._ctx.bus.publish(HostChanged(outcome.host_id))
+        return outcome
 
     async def authenticate(self, bearer: str) -> int | None:
         """The host a bearer belongs to, or None."""

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import peewee as pw
 
+from agent.protocol import redact_url
 from server_core import agent_sync, audit, credentials
 from server_core.errors import InvalidInput, NotFound
 from server_core.events import HostChanged, HostRemoved
@@ -213,7 +214,7 @@ class HostService:
                 actor_id=actor.id,
                 target_kind="host",
                 target_id=host_id,
-                payload={"slot": slot, "url": credentials.redact_url(creds.url)},
+                payload={"slot": slot, "url": redact_url(creds.url)},
             )
             if slot != "everyday":
                 return False

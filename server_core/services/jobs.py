@@ -38,6 +38,7 @@ def job_view(job: Job) -> JobView:
         summary=json.loads(job.summary) if job.summary else None,
         progress=json.loads(job.progress) if job.progress else None,
         log_lines=job.log_lines,
+        log_lines_reported=job.log_lines_reported,
     )
 
 

@@ -66,8 +66,10 @@ def test_enrol_backup_snapshot(
     log = fleet.api.call("GET", f"/jobs/{job_id}/log.ndjson", raw=True).splitlines()
     lines = [json.loads(line) for line in log]
     assert lines, "the job log is empty"
-    seqs = [line["seq"] for line in lines]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    # Every line the agent wrote is stored, in the order it wrote them.
+    assert len(lines) == job["log_lines"] == job["log_lines_reported"]
+    assert [line["ts"] for line in lines] == sorted(line["ts"] for line in lines)
+    assert "saved" in lines[-1]["text"] or any("saved" in line["text"] for line in lines[-3:])
     text = fleet.api.call("GET", f"/jobs/{job_id}/log.txt", raw=True)
     assert len(text.splitlines()) == len(lines)
 
@@ -99,8 +101,16 @@ def test_enrol_backup_snapshot(
     ):
         assert expected in actions, f"no audit entry {expected}: {sorted(actions)}"
 
-    # No secret on disk, in any log, or on a restic command line.
+    # With the agent gone, the host is offline and a job is refused with a reason.
     agent.stop()
+    wait_for(lambda: fleet.api.get(f"/hosts/{host_id}")["status"] == "offline", 15, "offline")
+    with pytest.raises(ApiError) as err:
+        fleet.api.post(
+            f"/hosts/{host_id}/jobs", {"kind": "backup", "source_group_id": groups[0]["id"]}
+        )
+    assert err.value.status == 409 and "offline" in err.value.body["error"]["message"]
+
+    # No secret on disk, in any log, or on a restic command line.
     fleet.server.stop()
     needle = password.encode()
     leaks = files_containing(
@@ -146,7 +156,7 @@ def test_api_errors(fleet):
             "/enrolment-tokens",
             {
                 "hostname": "x",
-                "repository": {"url": "/r", "password": "p"},
+                "repository": {"url": "/r", "password": "pass"},
                 "initial_paths": ["rel"],
             },
         )
@@ -164,7 +174,7 @@ def test_api_errors(fleet):
         "/enrolment-tokens",
         {
             "hostname": "off1",
-            "repository": {"url": "/r", "password": "p"},
+            "repository": {"url": "/r", "password": "pass"},
             "initial_paths": ["/etc"],
         },
     )
@@ -172,7 +182,8 @@ def test_api_errors(fleet):
         fleet.api.post(
             f"/hosts/{created['host_id']}/jobs", {"kind": "backup", "source_group_id": 1}
         )
-    assert err.value.status in (404, 409)
+    # Not enrolled yet, so it has no source group at all.
+    assert err.value.status == 404 and "source group" in err.value.body["error"]["message"]
     with pytest.raises(ApiError) as err:
         fleet.api.post(f"/hosts/{created['host_id']}/jobs", {"kind": "format-disk"})
     assert err.value.status == 400 and "kind" in err.value.body["error"]["message"]
@@ -207,8 +218,11 @@ def test_control_plane_killed_mid_backup_loses_nothing(fleet, tmp_path: Path, pa
     fleet.server.start()
     job = wait_job(fleet.api, job_id)
     assert job["status"] == "succeeded", job
+    # Lines written before, during and after the outage: all of them, none twice.
     assert job["log_lines"] >= lines_before
+    assert job["log_lines"] == job["log_lines_reported"]
     text = fleet.api.call("GET", f"/jobs/{job_id}/log.txt", raw=True)
+    assert len(text.splitlines()) == job["log_lines"]
     assert "saved" in text  # the summary line written after the outage
     snaps = wait_for(lambda: fleet.api.get(f"/hosts/{host_id}/snapshots"), 30, "snapshots")
     assert len(snaps) == 1

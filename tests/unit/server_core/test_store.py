@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.protocol import redact_url
 from server_core import migrations
-from server_core.credentials import parse_repository, redact_url
+from server_core.credentials import parse_repository
 from server_core.errors import InvalidInput
 from server_core.models import ALL_MODELS, Host, Job, JobLogLine
 from server_core.store import Store
@@ -80,10 +81,11 @@ def test_redact_url(url: str, shown: str) -> None:
         ({"password": "x"}, "repository.url"),
         ({"url": "/r"}, "repository.password"),
         ({"url": "/r", "password": ""}, "repository.password"),
-        ({"url": "/r\n", "password": "p"}, "repository.url"),
-        ({"url": "/r", "password": "p", "env": {"RESTIC_PASSWORD": "x"}}, "repository.env"),
-        ({"url": "/r", "password": "p", "env": {"lower": "x"}}, "repository.env"),
-        ({"url": "/r", "password": "p", "extra": 1}, "repository"),
+        ({"url": "/r", "password": "abc"}, "repository.password"),
+        ({"url": "/r\n", "password": "pass"}, "repository.url"),
+        ({"url": "/r", "password": "pass", "env": {"RESTIC_PASSWORD": "x"}}, "repository.env"),
+        ({"url": "/r", "password": "pass", "env": {"lower": "x"}}, "repository.env"),
+        ({"url": "/r", "password": "pass", "extra": 1}, "repository"),
         ("nope", "repository"),
     ],
 )
@@ -94,5 +96,5 @@ def test_parse_repository_names_the_bad_field(body: object, field: str) -> None:
 
 
 def test_parse_repository_ok() -> None:
-    creds = parse_repository({"url": " /r ", "password": "p", "env": {"AWS_ACCESS_KEY_ID": "k"}})
+    creds = parse_repository({"url": " /r ", "password": "pass", "env": {"AWS_ACCESS_KEY_ID": "k"}})
     assert creds.url == "/r" and creds.env == {"AWS_ACCESS_KEY_ID": "k"}
