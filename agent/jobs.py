@@ -336,9 +336,25 @@ class JobRunner:
         await self.start(cmd)
 
     def cancel(self, job_id: str) -> bool:
+        """Cancel a running job; a job this agent never started is reported
+        cancelled, so the control plane can close it. False if nothing ran."""
         job = self._jobs.get(job_id)
         if job is None:
-            return False
+            if job_id in self._finished or self._store.knows_job(job_id):
+                return False
+            # The command never arrived (or arrived before a restart and was
+            # lost): tell the control plane the job will not run.
+            self._emit(
+                protocol.JobFinished(
+                    job_id=job_id,
+                    seq=self._store.next_seq(job_id),
+                    status="cancelled",
+                    finished_at=self._clock(),
+                    error="cancelled before it started",
+                )
+            )
+            self._finished[job_id] = None
+            return True
         log.info("cancelling job %s", job_id)
         job.cancel.set()
         return True

@@ -14,6 +14,7 @@ from agent.protocol import (
     MAX_FRAME_BYTES,
     WS_PATH,
     Ack,
+    CommandCancel,
     EnrolRequest,
     Envelope,
     Error,
@@ -39,6 +40,7 @@ from server_core.ingest import AgentSink, EventIngestor, Incoming
 from server_core.models import Host
 from server_core.services.context import ServiceContext
 from server_core.services.enrolment import EnrolmentService
+from server_core.services.jobs import mark_dispatched
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +191,21 @@ class AgentListener:
         box = self._ctx.box
         config = await self._ctx.store.call(agent_sync.config_update, box, conn.host_id)
         schedules = await self._ctx.store.call(agent_sync.schedule_set, box, conn.host_id)
-        commands = await self._ctx.store.call(agent_sync.queued_commands, box, conn.host_id)
+        commands, cancels = await self._ctx.store.call(
+            agent_sync.pending_for_agent, box, conn.host_id
+        )
         try:
             await conn.send(config)
             if schedules.version != hello.schedule_version:
                 await conn.send(schedules)
             for command in commands:
                 await conn.send(command)
+            for job_id in cancels:
+                await conn.send(CommandCancel(job_id=job_id))
         except (ConnectionError, RuntimeError):
             log.info("host %s went away during hello", conn.host_id)
+            return
+        await self._ctx.store.transaction(mark_dispatched, [c.job_id for c in commands])
 
     async def _serve(self, conn: AgentConnection) -> str:
         bad_frames = 0

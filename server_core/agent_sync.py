@@ -105,10 +105,18 @@ def command_for(box: SecretBox, job: Job) -> CommandRun:
     )
 
 
-def queued_commands(box: SecretBox, host_id: int) -> list[CommandRun]:
-    jobs = (
+def pending_for_agent(box: SecretBox, host_id: int) -> tuple[list[CommandRun], list[str]]:
+    """What a (re)connecting agent must hear: queued jobs to run, and jobs
+    whose cancellation was asked for while it was away."""
+    open_jobs = list(
         Job.select()
-        .where((Job.host == host_id) & (Job.status == "queued"))
+        .where((Job.host == host_id) & Job.status.in_(("queued", "running")))
         .order_by(Job.created_at)
     )
-    return [command_for(box, job) for job in jobs]
+    commands = [
+        command_for(box, job)
+        for job in open_jobs
+        if job.status == "queued" and job.cancel_requested_at is None
+    ]
+    cancels = [str(job.id) for job in open_jobs if job.cancel_requested_at is not None]
+    return commands, cancels

@@ -33,6 +33,7 @@ class JobDispatcher(Protocol):
         actor: Actor,
         source_group_id: int | None = None,
         require_online: bool = True,
+        reuse_queued: bool = False,
     ) -> str: ...
 
 
@@ -227,7 +228,9 @@ class HostService:
         if reprobe:
             update = await self._ctx.store.call(agent_sync.config_update, self._ctx.box, host_id)
             await self._ctx.agents.send(host_id, update)
-            await self._jobs.dispatch(host_id, "init", actor=actor, require_online=False)
+            await self._jobs.dispatch(
+                host_id, "init", actor=actor, require_online=False, reuse_queued=True
+            )
         self._ctx.bus.publish(HostChanged(host_id))
 
     async def set_bandwidth(

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from agent.protocol import TERMINAL_STATUSES, CommandCancel
+from agent.protocol import TERMINAL_STATUSES, CommandCancel, CommandRun
 from server_core import agent_sync, audit
 from server_core.errors import Conflict, InvalidInput, NotFound
 from server_core.events import JobChanged
@@ -91,11 +91,13 @@ class JobService:
         actor: Actor,
         source_group_id: int | None = None,
         require_online: bool = True,
+        reuse_queued: bool = False,
     ) -> str:
         """Queue a job and send it to the agent now if it is connected.
 
         A job queued for an offline host (only allowed for system jobs) is
-        sent when the agent next says hello.
+        sent when the agent next says hello. With ``reuse_queued``, an
+        identical job still waiting is returned instead of a second one.
         """
         if kind not in DISPATCHABLE:
             raise InvalidInput(f"'kind' must be one of: {', '.join(DISPATCHABLE)}", field="kind")
@@ -113,20 +115,55 @@ class JobService:
                 )
                 if group is None:
                     raise NotFound(
-                        f"source group {source_group_id} does not exist on host {host.name}"
+                        f"source group {source_group_id} does not exist on host {host.name}",
+                        field="source_group_id",
                     )
             if require_online and not online:
                 raise Conflict(
                     f"host {host.name} is offline: the agent must be connected to start a job"
                 )
+            if reuse_queued:
+                waiting: Job | None = (
+                    Job.select()
+                    .where(
+                        (Job.host == host_id)
+                        & (Job.kind == kind)
+                        & (Job.status == "queued")
+                        & (
+                            Job.source_group.is_null()
+                            if source_group_id is None
+                            else Job.source_group == source_group_id
+                        )
+                        & (Job.cancel_requested_at.is_null())
+                    )
+                    .first()
+                )
+                if waiting is not None:
+                    return waiting
             return create_job(host_id, kind, actor, source_group_id=source_group_id)
 
         job = await self._ctx.store.transaction(run)
-        if online:
-            command = await self._ctx.store.call(agent_sync.command_for, self._ctx.box, job)
-            await self._ctx.agents.send(host_id, command)
+        # Asked again after the commit: an agent that said hello meanwhile
+        # read the queue before this job was in it.
+        await self.send_if_connected(job.id, host_id)
         self._ctx.bus.publish(JobChanged(job.id, host_id))
         return str(job.id)
+
+    async def send_if_connected(self, job_id: str, host_id: int) -> bool:
+        if not self._ctx.agents.is_connected(host_id):
+            return False
+
+        def load() -> CommandRun | None:
+            job = require_job(job_id)
+            if job.status != "queued" or job.cancel_requested_at is not None:
+                return None
+            return agent_sync.command_for(self._ctx.box, job)
+
+        command = await self._ctx.store.call(load)
+        if command is None or not await self._ctx.agents.send(host_id, command):
+            return False
+        await self._ctx.store.transaction(mark_dispatched, [job_id])
+        return True
 
     async def get_job(self, job_id: str) -> JobView:
         return await self._ctx.store.call(lambda: job_view(require_job(job_id)))
@@ -158,10 +195,31 @@ class JobService:
         return await self._ctx.store.call(run)
 
     async def cancel(self, job_id: str, actor: Actor) -> None:
-        def run() -> tuple[int, str]:
+        """Ask for a job to stop. A job no agent has seen yet is cancelled
+        here; otherwise the request is kept and delivered (now, or at the
+        agent's next hello) and the agent reports the outcome."""
+        now = time.time()
+
+        def run() -> tuple[int, bool]:
             job = require_job(job_id)
             if job.status in TERMINAL_STATUSES:
                 raise Conflict(f"job {job_id} has already finished ({job.status})")
+            if job.status == "queued" and job.dispatched_at is None:
+                job.status = "cancelled"
+                job.finished_at = now
+                job.error = "cancelled before it was sent to the agent"
+                job.save()
+                audit.record(
+                    actor.kind,
+                    "job.cancelled",
+                    actor_id=actor.id,
+                    target_kind="job",
+                    target_id=job_id,
+                    payload={"before_dispatch": True},
+                )
+                return int(job.host_id), False
+            job.cancel_requested_at = now
+            job.save()
             audit.record(
                 actor.kind,
                 "job.cancel_requested",
@@ -170,16 +228,15 @@ class JobService:
                 target_id=job_id,
                 payload={"status": job.status},
             )
-            return int(job.host_id), str(job.status)
+            return int(job.host_id), True
 
-        host_id, status = await self._ctx.store.transaction(run)
-        sent = await self._ctx.agents.send(host_id, CommandCancel(job_id=job_id))
-        if not sent and status == "queued":
-            # Nobody has it yet: cancelling is purely local.
-            def local() -> None:
-                Job.update(
-                    status="cancelled", finished_at=time.time(), error="cancelled before it started"
-                ).where((Job.id == job_id) & (Job.status == "queued")).execute()
-
-            await self._ctx.store.transaction(local)
+        host_id, deliver = await self._ctx.store.transaction(run)
+        if deliver:
+            await self._ctx.agents.send(host_id, CommandCancel(job_id=job_id))
         self._ctx.bus.publish(JobChanged(job_id, host_id))
+
+
+def mark_dispatched(job_ids: list[str]) -> None:
+    """Record that command.run went out (store thread)."""
+    if job_ids:
+        Job.update(dispatched_at=time.time()).where(Job.id.in_(job_ids)).execute()

@@ -74,7 +74,10 @@ class FakeAgent:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise AssertionError(f"no {kind.__name__} received")
-            got = await self.receive(timeout=left)
+            try:
+                got = await self.receive(timeout=left)
+            except TimeoutError:
+                raise AssertionError(f"no {kind.__name__} received") from None
             if got is None:
                 raise AssertionError(f"connection closed while waiting for {kind.__name__}")
             if isinstance(got, kind):

@@ -584,3 +584,14 @@ async def test_a_repository_that_never_answers_fails_the_probe_in_bounded_time(t
     assert "did not finish within 2 s" in finished[0].error
     assert "connection refused" in finished[0].error
     outbox.close()
+
+
+async def test_cancel_of_a_job_that_never_arrived_is_reported_cancelled(tmp_path: Path) -> None:
+    async with make_harness(tmp_path, None) as h:
+        assert h.runner.cancel("never-seen")
+        (done,) = h.of("never-seen", protocol.JobFinished)
+        assert done.status == "cancelled"
+        # A second cancel, or the command itself arriving late, changes nothing.
+        assert not h.runner.cancel("never-seen")
+        await h.runner.run(run_cmd("never-seen", "prune"))
+        assert h.of("never-seen", protocol.JobStarted) == []

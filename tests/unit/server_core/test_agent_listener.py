@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -208,3 +209,41 @@ async def test_a_silent_agent_goes_offline_and_heartbeats_keep_it_online(cp, ses
 
     offline = await cp.store.call(list_audit, action="host.offline")
     assert [e.target_id for e in offline] == [str(host_id)]
+
+
+async def test_a_cancel_asked_while_the_agent_was_away_is_delivered_at_hello(cp, session):
+    token = await add_host(cp, "away")
+    body = await enrol(session, cp.agent_url, cp.certificate.sha256, token, "away")
+    agent = await FakeAgent.connect(session, cp.agent_url, cp.certificate.sha256, body["bearer"])
+    probe = await agent.expect(p.CommandRun)  # the enrolment probe: dispatched
+    await agent.ws.close()
+    await asyncio.sleep(0.2)
+    await cp.jobs.cancel(probe.job_id, OPERATOR)
+    assert (await cp.jobs.get_job(probe.job_id)).status == "queued"  # the agent may have it
+    again = await FakeAgent.connect(session, cp.agent_url, cp.certificate.sha256, body["bearer"])
+    cancel = await again.expect(p.CommandCancel)
+    assert cancel.job_id == probe.job_id
+
+
+async def test_a_job_never_sent_is_cancelled_on_the_spot(cp, session):
+    token = await add_host(cp, "never")
+    body = await enrol(session, cp.agent_url, cp.certificate.sha256, token, "never")
+    (probe,) = await cp.jobs.list_jobs(body["host_id"])
+    await cp.jobs.cancel(probe.id, OPERATOR)
+    view = await cp.jobs.get_job(probe.id)
+    assert view.status == "cancelled" and "before it was sent" in view.error
+    agent = await FakeAgent.connect(session, cp.agent_url, cp.certificate.sha256, body["bearer"])
+    await agent.expect(p.ConfigUpdate)
+    with pytest.raises(AssertionError):
+        await agent.expect(p.CommandRun, timeout=1.0)
+
+
+async def test_reprobes_while_offline_queue_one_probe_not_many(cp, session):
+    token = await add_host(cp, "reprobe")
+    body = await enrol(session, cp.agent_url, cp.certificate.sha256, token, "reprobe")
+    for _ in range(3):
+        await cp.hosts.set_credentials(
+            body["host_id"], "everyday", {"url": "/srv/r2", "password": "newpass1"}, OPERATOR
+        )
+    jobs = await cp.jobs.list_jobs(body["host_id"])
+    assert [j.kind for j in jobs] == ["init"]
