@@ -91,13 +91,22 @@ class ControlPlane:
         self.key_source = key.source
         self.warnings = [key.warning] if key.warning else []
         await self.store.open()
-        advertise = cfg.advertise_host or self._default_advertise_host()
-        self.advertise_host = advertise
-        self.certificate = load_or_create_certificate(
-            cfg.data_dir,
-            common_name=socket.gethostname() or "restic-manager",
-            extra_names=[advertise],
+        loop = asyncio.get_running_loop()
+        # Reverse DNS and key generation can take seconds: not on the loop.
+        advertise = cfg.advertise_host
+        if not advertise:
+            advertise = await loop.run_in_executor(None, self._default_advertise_host)
+        self.advertise_host: str = advertise
+        self.certificate = await loop.run_in_executor(
+            None,
+            functools.partial(
+                load_or_create_certificate,
+                cfg.data_dir,
+                common_name=socket.gethostname() or "restic-manager",
+                extra_names=[advertise],
+            ),
         )
+
         self.hub = AgentHub(
             self.store,
             self.bus,

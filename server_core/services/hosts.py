@@ -46,25 +46,33 @@ def host_views(host_ids: list[int] | None = None) -> list[HostView]:
     if not hosts:
         return []
     ids = [h.id for h in hosts]
+    # The latest finished backup of every host, in one query.
+    ranked = (
+        Job.select(
+            Job.host,
+            Job.finished_at,
+            Job.status,
+            Job.warnings,
+            pw.fn.ROW_NUMBER()
+            .over(partition_by=[Job.host], order_by=[Job.finished_at.desc()])
+            .alias("rank"),
+        )
+        .where(Job.host.in_(ids) & (Job.kind == "backup") & Job.finished_at.is_null(False))
+        .alias("ranked")
+    )
     latest = (
-        Job.select(Job.host, pw.fn.MAX(Job.finished_at).alias("at"))
-        .where((Job.host.in_(ids)) & (Job.kind == "backup") & Job.finished_at.is_null(False))
-        .group_by(Job.host)
+        pw.Select(
+            from_list=[ranked],
+            columns=[ranked.c.host_id, ranked.c.finished_at, ranked.c.status, ranked.c.warnings],
+        )
+        .where(ranked.c.rank == 1)
+        .bind(Job._meta.database)
     )
     last_backup: dict[int, tuple[float, str]] = {}
-    for row in latest:
-        job = (
-            Job.select(Job.status, Job.warnings)
-            .where((Job.host == row.host_id) & (Job.kind == "backup") & (Job.finished_at == row.at))
-            .first()
-        )
-        if job is not None:
-            status = (
-                "succeeded_with_warnings"
-                if job.status == "succeeded" and job.warnings
-                else job.status
-            )
-            last_backup[row.host_id] = (row.at, status)
+    for host_id, at, status, warnings in latest.tuples():
+        if status == "succeeded" and warnings:
+            status = "succeeded_with_warnings"
+        last_backup[host_id] = (at, status)
     snap_counts = dict(
         Snapshot.select(Snapshot.host, pw.fn.COUNT(Snapshot.id))
         .where(Snapshot.host.in_(ids))

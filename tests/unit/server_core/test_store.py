@@ -98,3 +98,34 @@ def test_parse_repository_names_the_bad_field(body: object, field: str) -> None:
 def test_parse_repository_ok() -> None:
     creds = parse_repository({"url": " /r ", "password": "pass", "env": {"AWS_ACCESS_KEY_ID": "k"}})
     assert creds.url == "/r" and creds.env == {"AWS_ACCESS_KEY_ID": "k"}
+
+
+def test_fleet_rows_show_each_hosts_latest_finished_backup(store: Store) -> None:
+    from server_core.services.hosts import host_views
+
+    for name in ("a", "b", "c"):
+        Host.create(name=name, created_at=0)
+    rows = [
+        ("j1", 1, "backup", "failed", False, 10.0),
+        ("j2", 1, "backup", "succeeded", True, 20.0),
+        ("j3", 2, "backup", "succeeded", False, 5.0),
+        ("j4", 2, "init", "failed", False, 50.0),  # not a backup
+        ("j5", 2, "backup", "running", False, None),  # not finished
+    ]
+    for job_id, host, kind, status, warnings, at in rows:
+        Job.create(
+            id=job_id,
+            host=host,
+            kind=kind,
+            status=status,
+            warnings=warnings,
+            actor="operator",
+            created_at=0,
+            finished_at=at,
+        )
+    views = {v.name: (v.last_backup_at, v.last_backup_status) for v in host_views()}
+    assert views == {
+        "a": (20.0, "succeeded_with_warnings"),
+        "b": (5.0, "succeeded"),
+        "c": (None, None),
+    }
