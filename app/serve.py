@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -10,6 +11,15 @@ import sys
 from server_core.control_plane import ControlPlane, ControlPlaneConfig
 
 log = logging.getLogger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _banner(cp: ControlPlane) -> str:
@@ -35,6 +45,12 @@ def _banner(cp: ControlPlane) -> str:
 
 
 async def run_serve(config: ControlPlaneConfig) -> int:
+    if not _is_loopback(config.api_listen.host):
+        log.warning(
+            "the operator API listens on %s, not on loopback: anyone who can reach it and "
+            "holds an API token controls the fleet; keep it behind a firewall",
+            config.api_listen,
+        )
     cp = ControlPlane(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -111,7 +111,7 @@ def test_enrol_backup_snapshot(
     assert err.value.status == 409 and "offline" in err.value.body["error"]["message"]
 
     # No secret on disk, in any log, or on a restic command line.
-    fleet.server.stop()
+    assert fleet.server.stop() == 0  # SIGTERM is a clean exit
     needle = password.encode()
     leaks = files_containing(
         [fleet.server.data_dir, agent.workdir, fleet.server.log_path, agent.log_path], needle
