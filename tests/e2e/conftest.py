@@ -1,0 +1,75 @@
+"""GUI tests: real widgets, offscreen, on the qasync loop shared with server_core."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import keyring.backends.fail  # noqa: E402
+import pytest  # noqa: E402
+import qasync  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint  # noqa: E402
+from ui_qt.bridge import EventBridge  # noqa: E402
+from ui_qt.context import UiContext  # noqa: E402
+from ui_qt.tasks import AsyncRunner  # noqa: E402
+
+
+def _qapp() -> QApplication:
+    app = QApplication.instance() or QApplication([])
+    assert isinstance(app, QApplication)
+    return app
+
+
+def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
+    # Qt and asyncio must share one loop, as in the app.
+    return {"qasync": lambda: qasync.QEventLoop(_qapp())}
+
+
+@pytest.fixture
+def qapp_settings(tmp_path: Path) -> Iterator[QSettings]:
+    settings = QSettings(str(tmp_path / "ui.ini"), QSettings.Format.IniFormat)
+    yield settings
+
+
+@pytest.fixture
+async def control_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    cp = ControlPlane(
+        ControlPlaneConfig(
+            data_dir=tmp_path / "data",
+            agent_listen=Endpoint("127.0.0.1", 0),
+            api_listen=Endpoint("127.0.0.1", 0),
+            keyring_backend=keyring.backends.fail.Keyring(),
+        )
+    )
+    await cp.start()
+    try:
+        yield cp
+    finally:
+        await cp.stop()
+
+
+@pytest.fixture
+async def ui(control_plane: ControlPlane, qapp_settings: QSettings) -> AsyncIterator[UiContext]:
+    bridge = EventBridge(control_plane.bus)
+    runner = AsyncRunner()
+    ctx = UiContext(
+        hosts=control_plane.hosts,
+        jobs=control_plane.jobs,
+        enrolment=control_plane.enrolment,
+        server_info=control_plane.info,
+        bridge=bridge,
+        runner=runner,
+        settings=qapp_settings,
+    )
+    try:
+        yield ctx
+    finally:
+        await runner.drain()
+        bridge.close()

@@ -1,0 +1,97 @@
+"""server_core events → Qt signals, coalesced.
+
+server_core publishes an event per change (a burst of log lines is many
+events). The bridge only records *what* changed and emits at most one
+signal per kind per interval, carrying the set of changed ids, so a view
+repaints at most ~10 times a second however busy the fleet is.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from server_core.events import (
+    AuditAppended,
+    Event,
+    EventBus,
+    HostChanged,
+    HostRemoved,
+    JobChanged,
+    JobLogAppended,
+    SnapshotsChanged,
+)
+
+COALESCE_MS = 100
+
+
+class EventBridge(QObject):
+    hosts_changed = Signal(object)  # set[int]
+    hosts_removed = Signal(object)  # set[int]
+    jobs_changed = Signal(object)  # set[str] of job ids
+    job_logs_appended = Signal(object)  # dict[str, int]: job id -> last seq
+    snapshots_changed = Signal(object)  # set[int] of host ids
+    audit_appended = Signal()
+
+    def __init__(self, bus: EventBus, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._hosts: set[int] = set()
+        self._removed: set[int] = set()
+        self._jobs: set[str] = set()
+        self._job_hosts: dict[str, int] = {}
+        self._logs: dict[str, int] = {}
+        self._snapshots: set[int] = set()
+        self._audit = False
+        self.emitted = 0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(COALESCE_MS)
+        self._timer.timeout.connect(self.flush)
+        self._unsubscribe = bus.subscribe(self._on_event)
+
+    def close(self) -> None:
+        self._unsubscribe()
+        self._timer.stop()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, HostChanged):
+            self._hosts.add(event.host_id)
+        elif isinstance(event, HostRemoved):
+            self._removed.add(event.host_id)
+            self._hosts.discard(event.host_id)
+        elif isinstance(event, JobChanged):
+            self._jobs.add(event.job_id)
+        elif isinstance(event, JobLogAppended):
+            self._logs[event.job_id] = max(self._logs.get(event.job_id, 0), event.last_seq)
+        elif isinstance(event, SnapshotsChanged):
+            self._snapshots.add(event.host_id)
+        elif isinstance(event, AuditAppended):
+            self._audit = True
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def flush(self) -> None:
+        """Emit what accumulated since the last flush, one signal per kind."""
+        if self._removed:
+            removed, self._removed = self._removed, set()
+            self.hosts_removed.emit(removed)
+            self.emitted += 1
+        if self._hosts:
+            hosts, self._hosts = self._hosts, set()
+            self.hosts_changed.emit(hosts)
+            self.emitted += 1
+        if self._jobs:
+            jobs, self._jobs = self._jobs, set()
+            self.jobs_changed.emit(jobs)
+            self.emitted += 1
+        if self._logs:
+            logs, self._logs = self._logs, {}
+            self.job_logs_appended.emit(logs)
+            self.emitted += 1
+        if self._snapshots:
+            snaps, self._snapshots = self._snapshots, set()
+            self.snapshots_changed.emit(snaps)
+            self.emitted += 1
+        if self._audit:
+            self._audit = False
+            self.audit_appended.emit()
+            self.emitted += 1

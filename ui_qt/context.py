@@ -1,0 +1,26 @@
+"""What every view gets: the services it may call, the event bridge, the task runner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PySide6.QtCore import QSettings
+
+from server_core.services.enrolment import EnrolmentService
+from server_core.services.hosts import HostService
+from server_core.services.jobs import JobService
+from server_core.views import ServerInfo
+from ui_qt.bridge import EventBridge
+from ui_qt.tasks import AsyncRunner
+
+
+@dataclass(frozen=True)
+class UiContext:
+    hosts: HostService
+    jobs: JobService
+    enrolment: EnrolmentService
+    server_info: Callable[[], ServerInfo]
+    bridge: EventBridge
+    runner: AsyncRunner
+    settings: QSettings
