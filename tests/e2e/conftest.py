@@ -6,19 +6,19 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from collections.abc import AsyncIterator, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
-import keyring.backends.fail  # noqa: E402
-import pytest  # noqa: E402
-import qasync  # noqa: E402
-from PySide6.QtCore import QSettings  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+import keyring.backends.fail
+import pytest
+import qasync
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QApplication
 
-from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint  # noqa: E402
-from ui_qt.bridge import EventBridge  # noqa: E402
-from ui_qt.context import UiContext  # noqa: E402
-from ui_qt.tasks import AsyncRunner  # noqa: E402
+from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint
+from ui_qt.bridge import EventBridge
+from ui_qt.context import UiContext
+from ui_qt.tasks import AsyncRunner
 
 
 def _qapp() -> QApplication:
