@@ -5,13 +5,22 @@ PY      := .venv/bin/python
 DATA    ?= $(HOME)/.local/share/restic-manager
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run test lint typecheck unit integration fmt clean
+.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
 
+# The desktop app (window + tray + embedded control plane).
 run: bootstrap
+	.venv/bin/restic-manager --data-dir "$(DATA)"
+
+# The same control plane without a GUI.
+serve: bootstrap
 	.venv/bin/restic-manager serve --data-dir "$(DATA)"
+
+# PNGs of every main view under a real X server (Xvfb), into screenshots/.
+screenshots: bootstrap
+	xvfb-run -a -s "-screen 0 1920x1200x24" $(PY) scripts/screenshots.py screenshots
 
 lint: bootstrap
 	.venv/bin/ruff check .

@@ -22,9 +22,42 @@ def _endpoint(text: str) -> Endpoint:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="restic-manager", description="Control plane for restic backups on a fleet of hosts."
+        prog="restic-manager",
+        description="Control plane for restic backups on a fleet of hosts. Without a "
+        "command, opens the desktop app (a second launch on the same data dir brings the "
+        "running window to the front).",
     )
     parser.add_argument("--log-level", default="INFO")
+    # The desktop app's options (no subcommand). Own dests: the subcommands'
+    # options of the same name must not be overwritten by these defaults.
+    parser.add_argument(
+        "--data-dir", dest="gui_data_dir", type=Path, default=None, help="data directory"
+    )
+    parser.add_argument(
+        "--agent-listen",
+        dest="gui_agent_listen",
+        type=_endpoint,
+        default="0.0.0.0:8765",
+        help="where agents connect (TLS), HOST:PORT",
+    )
+    parser.add_argument(
+        "--api-listen",
+        dest="gui_api_listen",
+        type=_endpoint,
+        default="127.0.0.1:8766",
+        help="the operator API, HOST:PORT",
+    )
+    parser.add_argument(
+        "--advertise-host",
+        dest="gui_advertise_host",
+        default=None,
+        help="host name or address agents use to reach this app",
+    )
+    parser.add_argument(
+        "--minimized",
+        action="store_true",
+        help="start in the tray without showing the window",
+    )
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="run the control plane headless (no GUI)")
@@ -66,11 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_serve(config))
     if args.command == "api-token":
         return _api_token_create(args.data_dir or default_data_dir(), args.name)
-    print(
-        "The desktop window is not part of this build yet; run `restic-manager serve`.",
-        file=sys.stderr,
+    return _gui(args)
+
+
+def _gui(args: argparse.Namespace) -> int:
+    from app.gui import run_gui
+    from server_core.control_plane import ControlPlaneConfig
+
+    config = ControlPlaneConfig(
+        data_dir=(args.gui_data_dir or default_data_dir()).expanduser().resolve(),
+        agent_listen=args.gui_agent_listen,
+        api_listen=args.gui_api_listen,
+        advertise_host=args.gui_advertise_host,
     )
-    return 2
+    return run_gui(config, minimized=args.minimized)
 
 
 def _api_token_create(data_dir: Path, name: str) -> int:

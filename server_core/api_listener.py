@@ -90,6 +90,9 @@ class ApiListener:
         r.add_delete("/api/v1/hosts/{host_id}", self.delete_host)
         r.add_put("/api/v1/hosts/{host_id}/credentials", self.put_credentials)
         r.add_put("/api/v1/hosts/{host_id}/bandwidth", self.put_bandwidth)
+        r.add_get("/api/v1/hosts/{host_id}/enrolment-tokens", self.list_enrolment_tokens)
+        r.add_post("/api/v1/hosts/{host_id}/enrolment-tokens", self.regenerate_enrolment_token)
+        r.add_delete("/api/v1/enrolment-tokens/{token_id}", self.revoke_enrolment_token)
         r.add_get("/api/v1/hosts/{host_id}/source-groups", self.list_source_groups)
         r.add_get("/api/v1/hosts/{host_id}/snapshots", self.list_snapshots)
         r.add_get("/api/v1/hosts/{host_id}/jobs", self.list_jobs)
@@ -148,6 +151,31 @@ class ApiListener:
             },
             status=201,
         )
+
+    async def list_enrolment_tokens(self, request: web.Request) -> web.Response:
+        views = await self._enrolment.list_tokens(_int_param(request, "host_id"))
+        return web.json_response(as_json(views))
+
+    async def regenerate_enrolment_token(self, request: web.Request) -> web.Response:
+        grant = await self._enrolment.regenerate_token(
+            _int_param(request, "host_id"), request[ACTOR_KEY]
+        )
+        commands = self._enrolment.install_commands(grant.token)
+        return web.json_response(
+            {
+                "host_id": grant.host_id,
+                "token_id": grant.token_id,
+                "token": grant.token,
+                "expires_at": grant.expires_at,
+                "install_command": commands.linux,
+                "install_commands": as_json(commands),
+            },
+            status=201,
+        )
+
+    async def revoke_enrolment_token(self, request: web.Request) -> web.Response:
+        await self._enrolment.revoke_token(_int_param(request, "token_id"), request[ACTOR_KEY])
+        return web.Response(status=204)
 
     async def list_hosts(self, request: web.Request) -> web.Response:
         return web.json_response(as_json(await self._hosts.list_hosts()))

@@ -133,6 +133,19 @@ class EnrolmentTokenCreated:
 
 
 @dataclass(frozen=True)
+class EnrolmentTokenView:
+    """One enrolment token of a host (never the token itself: only its hash is kept)."""
+
+    id: int
+    host_id: int
+    created_at: float
+    expires_at: float
+    used_at: float | None
+    revoked_at: float | None
+    state: str  # active | used | expired | revoked
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     version: str
     agent_url: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -24,12 +24,17 @@ from ui_qt.job_window import JobWindow
 class MainWindow(QMainWindow):
     """Implements ui_qt.navigator.Navigator for every view it hosts."""
 
+    hidden_to_tray = Signal()
+
     def __init__(self, ctx: UiContext) -> None:
         super().__init__()
         self.ctx = ctx
         self.setWindowTitle("restic-manager")
         self.resize(1200, 760)
         self._quitting = False
+        # Without a system tray, closing the window must quit: a hidden
+        # window with no tray icon would strand the app (the shell decides).
+        self.close_to_tray = True
         self._job_windows: dict[str, JobWindow] = {}
 
         self.nav = QListWidget()
@@ -48,7 +53,12 @@ class MainWindow(QMainWindow):
         split = QSplitter()
         split.addWidget(self.nav)
         split.addWidget(self.pages)
+        split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
+        split.setCollapsible(1, False)
+        # The navigation pane is capped at 180 px: size the splitter to it,
+        # or the pane's share of the width is left as an empty gap.
+        split.setSizes([160, 1040])
         self.setCentralWidget(split)
         self._build_menus()
 
@@ -95,7 +105,8 @@ class MainWindow(QMainWindow):
         add.setShortcut(QKeySequence("Ctrl+N"))
         add.triggered.connect(self.add_host)
         file_menu.addAction(add)
-        file_menu.addSeparator()
+        self._quit_separator = file_menu.addSeparator()
+        self.file_menu = file_menu
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence("Ctrl+Q"))
         quit_action.triggered.connect(self.quit_app)
@@ -111,6 +122,18 @@ class MainWindow(QMainWindow):
         self.addAction(add)
         self.addAction(quit_action)
         self.addAction(refresh)
+
+    def add_file_action(self, action: QAction) -> None:
+        """Add an app-level action (e.g. "Start at login") to the File menu, above Quit."""
+        self.file_menu.insertAction(self._quit_separator, action)
+
+    def bring_to_front(self) -> None:
+        """Show the window, un-minimised, raised and focused (tray, second launch)."""
+        state = self.windowState() & ~Qt.WindowState.WindowMinimized
+        self.setWindowState(state | Qt.WindowState.WindowActive)
+        self.show()
+        self.raise_()
+        self.activateWindow()
 
     def refresh(self) -> None:
         page = self.pages.currentWidget()
@@ -130,8 +153,13 @@ class MainWindow(QMainWindow):
         if self._quitting:
             event.accept()
             return
+        if not self.close_to_tray:
+            event.accept()
+            self.quit_app()
+            return
         event.ignore()
         self.hide()
+        self.hidden_to_tray.emit()
 
-    def current_page(self) -> QWidget:
+    def current_page(self) -> QWidget | None:
         return self.pages.currentWidget()

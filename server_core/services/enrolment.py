@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -12,11 +13,12 @@ from typing import Any
 
 from agent.protocol import EnrolRequest, EnrolResponse, RepoCredentials, redact_url
 from server_core import audit, credentials, tokens
-from server_core.errors import Conflict, InvalidInput, Unauthorized
+from server_core.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from server_core.events import HostChanged
 from server_core.models import EnrolmentToken, Host, SourceGroup
 from server_core.services.context import SYSTEM, Actor, ServiceContext
 from server_core.services.jobs import create_job
+from server_core.views import EnrolmentTokenView
 
 TOKEN_TTL_S = 3600.0
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -40,6 +42,49 @@ class EnrolmentGrant:
     token: str
     host_id: int
     expires_at: float
+    token_id: int | None = None  # the EnrolmentTokenView.id of ``token``
+
+
+@dataclass(frozen=True)
+class InstallCommands:
+    """What the operator pastes on the new host: one line per platform."""
+
+    linux: str
+    windows: str
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    """Where agents reach the control plane, and the certificate they must pin."""
+
+    server_url: str
+    cert_sha256: str
+
+
+TOKEN_STATES = ("active", "used", "expired", "revoked")
+
+
+def token_state(row: EnrolmentToken, now: float) -> str:
+    """A token is spent once used or revoked; otherwise it lives until it expires."""
+    if row.used_at is not None:
+        return "used"
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at < now:
+        return "expired"
+    return "active"
+
+
+def token_view(row: EnrolmentToken, now: float) -> EnrolmentTokenView:
+    return EnrolmentTokenView(
+        id=int(row.id),
+        host_id=int(row.host_id),
+        created_at=float(row.created_at),
+        expires_at=float(row.expires_at),
+        used_at=row.used_at,
+        revoked_at=row.revoked_at,
+        state=token_state(row, now),
+    )
 
 
 def parse_new_host(body: Any) -> NewHost:
@@ -84,12 +129,134 @@ def parse_new_host(body: Any) -> NewHost:
 
 
 class EnrolmentService:
-    def __init__(self, ctx: ServiceContext, *, install_command: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        install_command: Callable[[str], str],
+        agent_endpoint: Callable[[], AgentEndpoint] | None = None,
+    ) -> None:
         self._ctx = ctx
         self._install_command = install_command
+        self._agent_endpoint = agent_endpoint
 
     def install_command(self, token: str) -> str:
         return self._install_command(token)
+
+    def install_commands(self, token: str) -> InstallCommands:
+        """The Linux command (as ``install_command``) and its Windows PowerShell twin."""
+        linux = self._install_command(token)
+        if self._agent_endpoint is not None:
+            endpoint = self._agent_endpoint()
+        else:
+            endpoint = endpoint_from_command(linux)
+        return InstallCommands(
+            linux=linux,
+            windows=windows_install_command(endpoint.server_url, endpoint.cert_sha256, token),
+        )
+
+    async def list_tokens(self, host_id: int) -> list[EnrolmentTokenView]:
+        """Every enrolment token minted for a host, newest first."""
+
+        def run() -> list[EnrolmentTokenView]:
+            _require_host(host_id)
+            now = time.time()
+            rows = (
+                EnrolmentToken.select()
+                .where(EnrolmentToken.host == host_id)
+                .order_by(EnrolmentToken.created_at.desc(), EnrolmentToken.id.desc())
+            )
+            return [token_view(row, now) for row in rows]
+
+        return await self._ctx.store.call(run)
+
+    async def regenerate_token(self, host_id: int, actor: Actor) -> EnrolmentGrant:
+        """A fresh one-time token for a host that has not enrolled yet; its other
+        active tokens are revoked, so only the newest install command works."""
+        token = tokens.new_token("rme")
+        now = time.time()
+
+        def run() -> EnrolmentGrant:
+            host = _require_host(host_id)
+            if host.enrolled_at is not None:
+                raise Conflict(
+                    f"{host.name} is already enrolled: enrolment tokens are only for hosts "
+                    "whose agent has not connected yet (delete the host and add it again "
+                    "to re-install its agent)"
+                )
+            rows = list(
+                EnrolmentToken.select()
+                .where(EnrolmentToken.host == host_id)
+                .order_by(EnrolmentToken.id.desc())
+            )
+            # The newest token carries what the operator asked for at Add host.
+            initial_paths = rows[0].initial_paths if rows else "[]"
+            revoked = [
+                int(row.id)
+                for row in rows
+                if row.used_at is None and row.revoked_at is None and row.expires_at >= now
+            ]
+            if revoked:
+                EnrolmentToken.update(revoked_at=now).where(
+                    EnrolmentToken.id.in_(revoked)
+                ).execute()
+            row = EnrolmentToken.create(
+                host=host_id,
+                token_hash=tokens.hash_token(token),
+                created_at=now,
+                expires_at=now + TOKEN_TTL_S,
+                initial_paths=initial_paths,
+            )
+            audit.record(
+                actor.kind,
+                "enrolment_token.regenerated",
+                actor_id=actor.id,
+                target_kind="host",
+                target_id=host_id,
+                payload={
+                    "token_id": int(row.id),
+                    "expires_at": now + TOKEN_TTL_S,
+                    "revoked_token_ids": revoked,
+                },
+            )
+            return EnrolmentGrant(
+                token=token, host_id=host_id, expires_at=now + TOKEN_TTL_S, token_id=int(row.id)
+            )
+
+        grant = await self._ctx.store.transaction(run)
+        self._ctx.bus.publish(HostChanged(host_id))
+        return grant
+
+    async def revoke_token(self, token_id: int, actor: Actor) -> EnrolmentTokenView:
+        """Make a token unusable. Revoking a revoked token changes nothing; a used
+        one cannot be revoked (the host's bearer is what it turned into)."""
+
+        def run() -> EnrolmentTokenView:
+            now = time.time()
+            row: EnrolmentToken | None = EnrolmentToken.get_or_none(EnrolmentToken.id == token_id)
+            if row is None:
+                raise NotFound(f"enrolment token {token_id} does not exist")
+            if row.used_at is not None:
+                raise Conflict(
+                    f"enrolment token {token_id} was already used to enrol its host; "
+                    "delete the host to cut its agent off"
+                )
+            if row.revoked_at is None:
+                row.revoked_at = now
+                row.save()
+                audit.record(
+                    actor.kind,
+                    "enrolment_token.revoked",
+                    actor_id=actor.id,
+                    target_kind="host",
+                    target_id=int(row.host_id),
+                    payload={"token_id": token_id, "expired": row.expires_at < now},
+                )
+            return token_view(row, now)
+
+        view = await self._ctx.store.transaction(run)
+        self._ctx.bus.publish(HostChanged(view.host_id))
+        return view
 
     async def add_host(self, new: NewHost, actor: Actor) -> EnrolmentGrant:
         token = tokens.new_token("rme")
@@ -106,7 +273,7 @@ class EnrolmentService:
             credentials.save(self._ctx.box, host.id, "everyday", new.repository)
             if new.admin_repository is not None:
                 credentials.save(self._ctx.box, host.id, "admin", new.admin_repository)
-            EnrolmentToken.create(
+            row = EnrolmentToken.create(
                 host=host,
                 token_hash=tokens.hash_token(token),
                 created_at=now,
@@ -135,7 +302,9 @@ class EnrolmentService:
                 target_id=host.id,
                 payload={"expires_at": now + TOKEN_TTL_S},
             )
-            return EnrolmentGrant(token=token, host_id=host.id, expires_at=now + TOKEN_TTL_S)
+            return EnrolmentGrant(
+                token=token, host_id=host.id, expires_at=now + TOKEN_TTL_S, token_id=int(row.id)
+            )
 
         grant = await self._ctx.store.transaction(run)
         self._ctx.bus.publish(HostChanged(grant.host_id))
@@ -236,6 +405,51 @@ class EnrolmentService:
             return int(row.id)
 
         return await self._ctx.store.call(run)
+
+
+def _require_host(host_id: int) -> Host:
+    host: Host | None = Host.get_or_none(Host.id == host_id)
+    if host is None:
+        raise NotFound(f"host {host_id} does not exist")
+    return host
+
+
+WINDOWS_CONFIG = r"$env:ProgramData\restic-manager-agent\config.toml"
+_BARE_PS_WORD = re.compile(r"^[A-Za-z0-9:._-]+$")
+
+
+def _ps_quote(value: str) -> str:
+    """A PowerShell literal: single quotes, embedded quotes doubled (no expansion)."""
+    if _BARE_PS_WORD.match(value) and not value.startswith("-"):
+        return value
+    return "'" + value.replace("'", "''") + "'"
+
+
+def windows_install_command(server_url: str, cert_sha256: str, token: str) -> str:
+    """One PowerShell line (run as Administrator), the twin of the Linux command.
+
+    ``if ($LASTEXITCODE -eq 0)`` rather than ``&&``: Windows PowerShell 5.1,
+    the one every Windows ships, does not know ``&&``."""
+    config = f'"{WINDOWS_CONFIG}"'
+    return (
+        "restic-manager-agent.exe enrol "
+        f"--server {_ps_quote(server_url)} --token {_ps_quote(token)} "
+        f"--cert-sha256 {_ps_quote(cert_sha256)} --config {config}; "
+        f"if ($LASTEXITCODE -eq 0) {{ restic-manager-agent.exe run --config {config} }}"
+    )
+
+
+def endpoint_from_command(command: str) -> AgentEndpoint:
+    """The server URL and pin inside an install command built by
+    ``default_install_command`` (used when no ``agent_endpoint`` was wired)."""
+    words = shlex.split(command)
+    found: dict[str, str] = {}
+    for flag, value in itertools.pairwise(words):
+        if flag in ("--server", "--cert-sha256"):
+            found.setdefault(flag, value)
+    if "--server" not in found or "--cert-sha256" not in found:
+        raise ValueError("the install command names no --server and --cert-sha256")
+    return AgentEndpoint(server_url=found["--server"], cert_sha256=found["--cert-sha256"])
 
 
 def default_install_command(server_url: str, cert_sha256: str) -> Callable[[str], str]:

@@ -277,6 +277,41 @@ class HostService:
         await self._ctx.agents.send(host_id, update)
         self._ctx.bus.publish(HostChanged(host_id))
 
+    async def set_tags(self, host_id: int, tags: list[str], actor: Actor) -> list[str]:
+        """Replace a host's tags (same rule as at enrolment); returns what was stored."""
+        # Imported here: enrolment imports jobs, which imports this module.
+        from server_core.services.enrolment import _TAG
+
+        if not isinstance(tags, list) or not all(
+            isinstance(t, str) and _TAG.match(t) for t in tags
+        ):
+            raise InvalidInput(
+                "'tags' must be a list of short words (letters, digits, '.', '_', ':', '/', '-')",
+                field="tags",
+            )
+        clean = list(dict.fromkeys(tags))
+
+        def run() -> bool:
+            host = require_host(host_id)
+            before = list(json.loads(host.tags))
+            if before == clean:
+                return False
+            host.tags = json.dumps(clean)
+            host.save()
+            audit.record(
+                actor.kind,
+                "host.tags_updated",
+                actor_id=actor.id,
+                target_kind="host",
+                target_id=host_id,
+                payload={"before": before, "after": clean},
+            )
+            return True
+
+        if await self._ctx.store.transaction(run):
+            self._ctx.bus.publish(HostChanged(host_id))
+        return clean
+
     async def delete_host(self, host_id: int, actor: Actor) -> None:
         def run() -> str:
             host = require_host(host_id)

@@ -1,0 +1,338 @@
+"""The fleet view against a real embedded control plane (offscreen widgets, qasync loop).
+
+Waiting is done by polling with ``asyncio.sleep`` (never qtbot.waitUntil in
+an async test: it blocks the shared loop and teardown hangs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PySide6.QtCore import QPoint, Qt
+
+from agent import protocol as p
+from server_core.control_plane import ControlPlane
+from server_core.services.context import OPERATOR
+from server_core.services.enrolment import parse_new_host
+from server_core.views import HostView
+from tests.e2e.screenshot_fleet import render_async
+from tests.helpers.fake_agent import FakeAgent, enrol
+from ui_qt.context import UiContext
+from ui_qt.fleet_model import Column
+from ui_qt.fleet_view import FleetView
+
+
+class FakeNavigator:
+    def __init__(self) -> None:
+        self.opened: list[int] = []
+        self.adds = 0
+
+    def show_fleet(self) -> None: ...
+
+    def open_host(self, host_id: int) -> None:
+        self.opened.append(host_id)
+
+    def open_job(self, job_id: str) -> None: ...
+
+    def add_host(self) -> None:
+        self.adds += 1
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def add_host(ui: UiContext, name: str, tags: list[str] | None = None) -> tuple[int, str]:
+    grant = await ui.enrolment.add_host(
+        parse_new_host(
+            {
+                "hostname": name,
+                "repository": {"url": "/srv/restic/" + name, "password": "hunter2hunter2"},
+                "tags": tags or [],
+            }
+        ),
+        OPERATOR,
+    )
+    return grant.host_id, grant.token
+
+
+async def connect(
+    cp: ControlPlane, session: aiohttp.ClientSession, token: str, name: str
+) -> FakeAgent:
+    body = await enrol(session, cp.agent_url, cp.certificate.sha256, token, name)
+    return await FakeAgent.connect(session, cp.agent_url, cp.certificate.sha256, body["bearer"])
+
+
+async def open_view(ui: UiContext, qtbot: Any, nav: FakeNavigator | None = None) -> FleetView:
+    view = FleetView(ui, nav or FakeNavigator())
+    qtbot.addWidget(view)
+    view.resize(1100, 600)
+    view.show()
+    await until(lambda: view.model.loaded() and not view.refreshing(), "the first load")
+    return view
+
+
+def names(view: FleetView) -> list[str]:
+    col = int(Column.NAME)
+    return [view.proxy.index(r, col).data() for r in range(view.proxy.rowCount())]
+
+
+def cell(view: FleetView, host_id: int, column: Column) -> Any:
+    row = view.model.row_of(host_id)
+    assert row is not None, f"host {host_id} is not in the table"
+    return view.model.index(row, int(column)).data()
+
+
+async def test_a_host_appears_and_changes_state_in_place(ui, control_plane, session, qtbot):
+    view = await open_view(ui, qtbot)
+    resets: list[int] = []
+    changed: list[tuple[int, int]] = []
+    inserted: list[tuple[int, int]] = []
+    view.model.modelReset.connect(lambda: resets.append(1))
+    view.model.dataChanged.connect(lambda tl, br, _roles=None: changed.append((tl.row(), br.row())))
+    view.model.rowsInserted.connect(lambda _p, a, b: inserted.append((a, b)))
+
+    host_id, token = await add_host(ui, "web-1", ["prod"])
+    await until(lambda: view.model.rowCount() == 1, "the new host to appear")
+    assert inserted == [(0, 0)]
+    assert view.pages.currentWidget() is view.fleet_page
+    assert cell(view, host_id, Column.STATUS) == "Never connected"
+    assert view.tag_chips.tags() == ["prod"]
+    assert view.tile_online.value() == "0 / 1"
+
+    agent = await connect(control_plane, session, token, "web-1")
+    await until(lambda: cell(view, host_id, Column.STATUS) == "Online", "the host to go online")
+    assert cell(view, host_id, Column.PLATFORM) == "linux/amd64"
+    assert cell(view, host_id, Column.AGENT) == "0.0.1"
+    assert view.tile_online.value() == "1 / 1"
+    assert (0, 0) in changed
+
+    changed.clear()
+    mid = await agent.send(p.RepoStatsReport(collected_at=time.time(), total_size=3 * 1024**3))
+    await agent.acked({mid})
+    await until(lambda: cell(view, host_id, Column.SIZE) == "3.0 GiB", "the repo size")
+    assert changed and all(c == (0, 0) for c in changed)
+
+    await agent.ws.close()
+    await until(lambda: cell(view, host_id, Column.STATUS) == "Offline", "the host to go offline")
+    assert resets == [], "updates must never reset the model"
+    assert inserted == [(0, 0)]
+
+
+async def test_a_deleted_host_disappears_without_a_reload(ui, qtbot):
+    keep, _ = await add_host(ui, "keep")
+    gone, _ = await add_host(ui, "gone")
+    view = await open_view(ui, qtbot)
+    assert sorted(names(view)) == ["gone", "keep"]
+    resets: list[int] = []
+    view.model.modelReset.connect(lambda: resets.append(1))
+    await ui.hosts.delete_host(gone, OPERATOR)
+    await until(lambda: view.model.rowCount() == 1, "the deleted host to go")
+    assert names(view) == ["keep"] and view.model.row_of(keep) == 0
+    assert resets == []
+
+
+async def test_filters_narrow_rows_and_persist(ui, control_plane, session, qtbot):
+    _, token = await add_host(ui, "alpha", ["prod", "web"])
+    await add_host(ui, "beta", ["prod", "db"])
+    await add_host(ui, "gamma", ["staging"])
+    agent = await connect(control_plane, session, token, "alpha")
+    view = await open_view(ui, qtbot)
+    await until(lambda: view.tile_online.value() == "1 / 3", "alpha online")
+    assert names(view) == ["alpha", "beta", "gamma"]
+    assert view.tag_chips.tags() == ["db", "prod", "staging", "web"]
+
+    qtbot.keyClicks(view.filter_edit, "ET")
+    assert names(view) == ["beta"]
+    assert view.count_label.text() == "Showing 1 of 3"
+    view.filter_edit.clear()
+
+    view.status_combo.setCurrentIndex(view.status_combo.findData("online"))
+    assert names(view) == ["alpha"]
+    view.status_combo.setCurrentIndex(view.status_combo.findData("never"))
+    assert names(view) == ["beta", "gamma"]
+
+    chip = view.tag_chips.chip("prod")
+    assert chip is not None
+    qtbot.mouseClick(chip, Qt.MouseButton.LeftButton)
+    assert names(view) == ["beta"]
+
+    qtbot.keyClicks(view.filter_edit, "zzz")
+    assert names(view) == [] and not view.no_match.isHidden()
+    view.filter_edit.clear()
+    assert view.no_match.isHidden()
+
+    view.table.sortByColumn(int(Column.NAME), Qt.SortOrder.DescendingOrder)
+    state = view.filter_state()
+    assert state["status"] == "never" and state["tags"] == ["prod"]
+
+    # A new view over the same settings (the next launch) restores everything.
+    again = await open_view(ui, qtbot)
+    assert again.filter_state() == state
+    assert again.tag_chips.chip("prod") is not None
+    assert again.tag_chips.chip("prod").isChecked()  # type: ignore[union-attr]
+    assert names(again) == ["beta"]
+    again.tag_chips.clear_selection()
+    again.status_combo.setCurrentIndex(again.status_combo.findData("all"))
+    assert names(again) == ["gamma", "beta", "alpha"]  # descending, as saved
+    await agent.ws.close()
+
+
+async def test_clear_filters_and_live_rows_respect_the_filter(ui, qtbot):
+    await add_host(ui, "web-1", ["web"])
+    view = await open_view(ui, qtbot)
+    qtbot.keyClicks(view.filter_edit, "web")
+    await add_host(ui, "db-1", ["db"])
+    await add_host(ui, "web-2", ["web"])
+    await until(lambda: view.model.rowCount() == 3, "both new hosts")
+    assert names(view) == ["web-1", "web-2"]
+    view.clear_filters()
+    assert names(view) == ["db-1", "web-1", "web-2"]
+    assert ui.settings.value("fleet/filter_text") == ""
+
+
+async def test_empty_state_explains_and_its_button_adds_a_host(ui, qtbot):
+    nav = FakeNavigator()
+    view = await open_view(ui, qtbot, nav)
+    assert view.pages.currentWidget() is view.empty_page
+    assert view.empty_page.isVisible() and not view.table.isVisible()
+    assert view.empty_add_button.isVisible()
+    assert ui.server_info().agent_url in view.empty_hint.text()
+    qtbot.mouseClick(view.empty_add_button, Qt.MouseButton.LeftButton)
+    assert nav.adds == 1
+
+    await add_host(ui, "first")
+    await until(lambda: view.pages.currentWidget() is view.fleet_page, "the table to replace it")
+    assert view.table.isVisible()
+    qtbot.mouseClick(view.add_button, Qt.MouseButton.LeftButton)
+    assert nav.adds == 2
+
+
+async def test_sorting_by_repo_size_is_numeric(ui, control_plane, session, qtbot):
+    sizes = {"small": 900, "huge": 5 * 1024**3, "medium": 20 * 1024**2, "tiny": 3 * 1024}
+    agents = []
+    for name, size in sizes.items():
+        _, token = await add_host(ui, name)
+        agent = await connect(control_plane, session, token, name)
+        mid = await agent.send(p.RepoStatsReport(collected_at=time.time(), total_size=size))
+        await agent.acked({mid})
+        agents.append(agent)
+    view = await open_view(ui, qtbot)
+    col = int(Column.SIZE)
+
+    def shown() -> list[str]:
+        return [view.proxy.index(r, col).data() for r in range(view.proxy.rowCount())]
+
+    await until(lambda: "—" not in shown() and len(shown()) == 4, "all repo sizes")
+    header = view.table.horizontalHeader()
+    pos = header.sectionViewportPosition(col) + header.sectionSize(col) // 2
+    qtbot.mouseClick(header.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(pos, 5))
+    if header.sortIndicatorOrder() != Qt.SortOrder.AscendingOrder:
+        qtbot.mouseClick(header.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(pos, 5))
+    assert header.sortIndicatorSection() == col
+    assert shown() == ["900 B", "3.0 KiB", "20.0 MiB", "5.0 GiB"]
+    assert names(view) == ["small", "tiny", "medium", "huge"]
+    assert int(ui.settings.value("fleet/sort_column")) == col
+    for agent in agents:
+        await agent.ws.close()
+
+
+async def test_double_click_and_enter_open_the_host(ui, qtbot):
+    a, _ = await add_host(ui, "aaa")
+    b, _ = await add_host(ui, "bbb")
+    nav = FakeNavigator()
+    view = await open_view(ui, qtbot, nav)
+    rect = view.table.visualRect(view.proxy.index(1, int(Column.NAME)))
+    qtbot.mouseClick(view.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.mouseDClick(view.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert nav.opened == [b]
+    view.table.setCurrentIndex(view.proxy.index(0, int(Column.TAGS)))
+    qtbot.keyClick(view.table, Qt.Key.Key_Return)
+    assert nav.opened == [b, a]
+    assert view.selected_host_id() == a
+
+
+async def test_ctrl_f_focuses_the_filter(ui, qtbot):
+    await add_host(ui, "one")
+    view = await open_view(ui, qtbot)
+    view.activateWindow()
+    view.table.setFocus()
+    await asyncio.sleep(0.05)
+    qtbot.keyClick(view.table, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)
+    await until(lambda: view.filter_edit.hasFocus(), "the filter box to take focus", 2)
+    qtbot.keyClicks(view.filter_edit, "x")
+    qtbot.keyClick(view.filter_edit, Qt.Key.Key_Escape)
+    assert view.filter_edit.text() == ""
+
+
+async def test_refreshes_coalesce_to_one_in_flight(ui, qtbot):
+    calls: list[float] = []
+    gate = asyncio.Event()
+
+    class SlowHosts:
+        async def list_hosts(self) -> list[HostView]:
+            calls.append(time.monotonic())
+            await gate.wait()
+            return await ui.hosts.list_hosts()
+
+    ctx = dataclasses.replace(ui, hosts=SlowHosts())
+    view = FleetView(ctx, FakeNavigator())
+    qtbot.addWidget(view)
+    try:
+        await asyncio.sleep(0.05)
+        for _ in range(5):
+            view.reload()
+        ui.bridge.hosts_changed.emit({1})
+        await asyncio.sleep(0.05)
+        assert len(calls) == 1, "one refresh in flight at a time"
+    finally:
+        gate.set()  # never leave a refresh hanging: fixture teardown drains the runner
+    await until(lambda: len(calls) == 2 and not view.refreshing(), "exactly one follow-up")
+    await asyncio.sleep(0.1)
+    assert len(calls) == 2
+    assert view.model.loaded()
+
+
+async def test_a_failed_load_shows_an_error_and_f5_recovers(ui, qtbot):
+    fail = [True]
+
+    class FlakyHosts:
+        async def list_hosts(self) -> list[HostView]:
+            if fail[0]:
+                raise RuntimeError("database is locked")
+            return await ui.hosts.list_hosts()
+
+    await add_host(ui, "one")
+    view = FleetView(dataclasses.replace(ui, hosts=FlakyHosts()), FakeNavigator())
+    qtbot.addWidget(view)
+    view.show()
+    await until(lambda: not view.error_label.isHidden(), "the error")
+    assert "database is locked" in view.error_label.text()
+    fail[0] = False
+    view.reload()
+    await until(lambda: view.model.rowCount() == 1, "the retry")
+    assert view.error_label.isHidden()
+
+
+async def test_screenshots_render(tmp_path: Path, qapp):
+    paths = await render_async(tmp_path)
+    assert [p.name for p in paths] == ["fleet.png", "fleet-empty.png", "fleet-dark.png"]
+    for path in paths:
+        assert path.stat().st_size > 5_000, path

@@ -1,0 +1,317 @@
+"""FleetModel diffing and FleetFilterProxy filtering, with synthetic HostViews (no server)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import dataclasses
+from typing import Any
+
+import pytest
+from PySide6.QtCore import QModelIndex, Qt
+
+from server_core.views import HostView
+from ui_qt.fleet_model import (
+    HOST_ID_ROLE,
+    SORT_ROLE,
+    Column,
+    FleetFilterProxy,
+    FleetModel,
+    host_state,
+    natural_key,
+    repo_needs_attention,
+)
+
+NOW = 1_700_000_000.0
+
+
+def view(id_: int, name: str | None = None, **kw: Any) -> HostView:
+    base: dict[str, Any] = {
+        "status": "online",
+        "enrolled": True,
+        "os": "linux",
+        "arch": "amd64",
+        "agent_version": "0.1.0",
+        "restic_version": "0.18.0",
+        "last_seen_at": NOW - 10,
+        "last_backup_at": None,
+        "last_backup_status": None,
+        "repo_status": "ready",
+        "repo_status_error": None,
+        "snapshot_count": 0,
+        "repo_size_bytes": None,
+        "open_alerts": 0,
+        "tags": [],
+        "presence_mode": "always_on",
+        "created_at": NOW - 1000,
+    }
+    base.update(kw)
+    return HostView(id=id_, name=name or f"host-{id_}", **base)
+
+
+class Spy:
+    """Records a model's structural and data signals."""
+
+    def __init__(self, model: FleetModel) -> None:
+        self.resets = 0
+        self.changed: list[tuple[int, int, int, int]] = []
+        self.inserted: list[tuple[int, int]] = []
+        self.removed: list[tuple[int, int]] = []
+        model.modelReset.connect(self._reset)
+        model.dataChanged.connect(self._changed)
+        model.rowsInserted.connect(lambda _p, a, b: self.inserted.append((a, b)))
+        model.rowsRemoved.connect(lambda _p, a, b: self.removed.append((a, b)))
+
+    def _reset(self) -> None:
+        self.resets += 1
+
+    def _changed(self, tl: QModelIndex, br: QModelIndex, _roles: object = None) -> None:
+        self.changed.append((tl.row(), tl.column(), br.row(), br.column()))
+
+
+@pytest.fixture
+def model(qapp: Any) -> FleetModel:
+    return FleetModel(now=lambda: NOW)
+
+
+def ids(model: FleetModel) -> list[int]:
+    return [model.host_at(r).id for r in range(model.rowCount())]
+
+
+def test_first_load_resets_once_then_never(model: FleetModel) -> None:
+    spy = Spy(model)
+    model.apply([view(1), view(2)])
+    assert spy.resets == 1
+    assert model.loaded() and model.rowCount() == 2
+    model.apply([view(1), view(2), view(3)])
+    model.apply([view(1), view(3)])
+    model.apply([])
+    model.apply([view(4)])
+    assert spy.resets == 1
+
+
+def test_an_empty_first_load_counts_as_the_load(model: FleetModel) -> None:
+    spy = Spy(model)
+    model.apply([])
+    model.apply([view(1)])
+    assert spy.resets == 1
+    assert spy.inserted == [(0, 0)]
+
+
+def test_changed_row_emits_data_changed_for_that_row_only(model: FleetModel) -> None:
+    model.apply([view(1), view(2), view(3)])
+    spy = Spy(model)
+    model.apply([view(1), view(2, status="offline"), view(3)])
+    last = model.columnCount() - 1
+    assert spy.changed == [(1, 0, 1, last)]
+    assert (spy.resets, spy.inserted, spy.removed) == (0, [], [])
+    assert model.host_at(1).status == "offline"
+
+
+def test_unchanged_fleet_emits_nothing(model: FleetModel) -> None:
+    model.apply([view(1, tags=["a"]), view(2)])
+    spy = Spy(model)
+    model.apply([view(1, tags=["a"]), view(2)])
+    assert (spy.resets, spy.changed, spy.inserted, spy.removed) == (0, [], [], [])
+
+
+def test_new_hosts_are_inserted_in_one_batch(model: FleetModel) -> None:
+    model.apply([view(1)])
+    spy = Spy(model)
+    model.apply([view(5), view(1), view(7)])
+    assert spy.inserted == [(1, 2)]
+    assert ids(model) == [1, 5, 7]
+    assert model.row_of(7) == 2
+
+
+def test_removed_hosts_in_runs_keep_the_others_intact(model: FleetModel) -> None:
+    model.apply([view(i) for i in range(1, 8)])
+    spy = Spy(model)
+    model.apply([view(1), view(4), view(6, snapshot_count=3)])
+    # rows 1-2 (ids 2,3), 4 (id 5), 6 (id 7) removed bottom-up
+    assert spy.removed == [(6, 6), (4, 4), (1, 2)]
+    assert ids(model) == [1, 4, 6]
+    assert {model.row_of(h) for h in (1, 4, 6)} == {0, 1, 2}
+    assert model.row_of(2) is None
+    # the changed host is reported at its row after the removals
+    assert spy.changed == [(2, 0, 2, model.columnCount() - 1)]
+    assert model.host(6) is not None and model.host(6).snapshot_count == 3  # type: ignore[union-attr]
+
+
+def test_mixed_update_matches_the_input_set(model: FleetModel) -> None:
+    model.apply([view(i) for i in range(10)])
+    fresh = [view(i, open_alerts=i % 3) for i in range(3, 15)]
+    model.apply(fresh)
+    assert sorted(ids(model)) == list(range(3, 15))
+    for v in fresh:
+        row = model.row_of(v.id)
+        assert row is not None and model.host_at(row) == v
+        assert model.index(row, 0).data(HOST_ID_ROLE) == v.id
+
+
+def test_remove_ids_drops_rows_without_a_reset(model: FleetModel) -> None:
+    model.apply([view(1), view(2), view(3)])
+    spy = Spy(model)
+    model.remove_ids({2, 99})
+    assert spy.removed == [(1, 1)] and spy.resets == 0
+    assert ids(model) == [1, 3]
+
+
+def test_tick_repaints_only_the_last_backup_column(model: FleetModel) -> None:
+    model.apply([view(1, last_backup_at=NOW - 600), view(2)])
+    spy = Spy(model)
+    model.tick()
+    col = int(Column.LAST_BACKUP)
+    assert spy.changed == [(0, col, 1, col)]
+
+
+def test_tick_timer_runs(qapp: Any) -> None:
+    m = FleetModel(tick_ms=5)
+    assert m._ticker.isActive() and m._ticker.interval() == 5
+
+
+def test_host_state() -> None:
+    assert host_state(view(1)) == "online"
+    assert host_state(view(1, status="offline")) == "offline"
+    assert host_state(view(1, status="offline", last_seen_at=None)) == "never"
+    assert host_state(view(1, status="offline", enrolled=False, last_seen_at=None)) == "never"
+
+
+def test_repo_attention() -> None:
+    assert repo_needs_attention(view(1, repo_status="init_failed"))
+    assert repo_needs_attention(view(1, repo_status="unknown"))
+    assert not repo_needs_attention(view(1, repo_status="unknown", enrolled=False))
+    assert not repo_needs_attention(view(1, repo_status="ready"))
+
+
+def test_sort_role_is_numeric_for_sizes_and_times(model: FleetModel) -> None:
+    model.apply(
+        [
+            view(1, repo_size_bytes=900, last_backup_at=NOW - 10),
+            view(2, repo_size_bytes=5 * 1024**3, last_backup_at=NOW - 86400 * 3),
+            view(3, repo_size_bytes=None),
+        ]
+    )
+    size = [model.index(r, int(Column.SIZE)).data(SORT_ROLE) for r in range(3)]
+    assert size == [900, 5 * 1024**3, -1]
+    assert model.index(1, int(Column.SIZE)).data() == "5.0 GiB"
+    when = [model.index(r, int(Column.LAST_BACKUP)).data(SORT_ROLE) for r in range(3)]
+    assert when == [NOW - 10, NOW - 86400 * 3, -1.0]
+
+
+def test_proxy_sorts_sizes_numerically(model: FleetModel) -> None:
+    sizes = [900, 5 * 1024**3, 20 * 1024**2, 3 * 1024]
+    model.apply([view(i, repo_size_bytes=s) for i, s in enumerate(sizes)])
+    proxy = FleetFilterProxy()
+    proxy.setSourceModel(model)
+    proxy.sort(int(Column.SIZE), Qt.SortOrder.AscendingOrder)
+    shown = [proxy.index(r, int(Column.SIZE)).data() for r in range(proxy.rowCount())]
+    assert shown == ["900 B", "3.0 KiB", "20.0 MiB", "5.0 GiB"]
+    # Text order would have been different: proves the sort role is used.
+    assert sorted(shown) != shown
+
+
+def test_versions_and_names_sort_naturally() -> None:
+    assert natural_key("0.9.0") < natural_key("0.14.0") < natural_key("0.18.0")
+    assert natural_key("web-2") < natural_key("web-10")
+    assert natural_key(None) == ""
+
+
+def test_display_tooltips_and_colours(model: FleetModel) -> None:
+    model.apply(
+        [
+            view(1, last_backup_at=NOW - 3 * 3600, last_backup_status="failed"),
+            view(2, last_backup_at=NOW - 120, last_backup_status="succeeded_with_warnings"),
+            view(3, last_backup_at=NOW - 120, last_backup_status="succeeded"),
+            view(4, repo_status="init_failed", repo_status_error="Fatal: access denied"),
+            view(5, status="offline", enrolled=False, last_seen_at=None, os=None, arch=None),
+        ]
+    )
+    col = int(Column.LAST_BACKUP)
+    fg = [model.index(r, col).data(Qt.ItemDataRole.ForegroundRole) for r in range(3)]
+    assert fg[0] != fg[1] != fg[2] != fg[0]
+    assert model.index(0, col).data() == "3 h ago · failed"
+    assert model.index(2, col).data() == "2 min ago"
+    assert "failed" in model.index(0, col).data(Qt.ItemDataRole.ToolTipRole)
+    repo = model.index(3, int(Column.REPO))
+    assert repo.data() == "Init failed"
+    assert "Fatal: access denied" in repo.data(Qt.ItemDataRole.ToolTipRole)
+    status = model.index(4, int(Column.STATUS))
+    assert status.data() == "Never connected"
+    assert not status.data(Qt.ItemDataRole.DecorationRole).isNull()
+    assert model.index(4, int(Column.PLATFORM)).data() == "—"
+    for c in Column:
+        tip = model.headerData(int(c), Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+        assert tip, c
+
+
+def test_relative_time_moves_on_with_the_clock(qapp: Any) -> None:
+    clock = [NOW]
+    m = FleetModel(now=lambda: clock[0])
+    m.apply([view(1, last_backup_at=NOW - 60, last_backup_status="succeeded")])
+    idx = m.index(0, int(Column.LAST_BACKUP))
+    assert idx.data() == "1 min ago"
+    clock[0] += 3600
+    assert idx.data() == "1 h ago"
+
+
+def test_proxy_filters_text_status_and_tags(model: FleetModel) -> None:
+    model.apply(
+        [
+            view(1, "web-01", tags=["prod", "web"]),
+            view(2, "web-02", tags=["staging", "web"], status="offline"),
+            view(3, "db-01", tags=["prod", "db"], last_backup_status="failed"),
+            view(4, "laptop", status="offline", enrolled=False, last_seen_at=None),
+            view(5, "ci", repo_status="init_failed"),
+        ]
+    )
+    proxy = FleetFilterProxy()
+    proxy.setSourceModel(model)
+
+    def names() -> list[str]:
+        return sorted(proxy.index(r, int(Column.NAME)).data() for r in range(proxy.rowCount()))
+
+    assert len(names()) == 5
+    proxy.set_text("WEB")
+    assert names() == ["web-01", "web-02"]
+    proxy.set_text("web 02")
+    assert names() == ["web-02"]
+    proxy.set_text("")
+    proxy.set_status("offline")
+    assert names() == ["web-02"]
+    proxy.set_status("never")
+    assert names() == ["laptop"]
+    proxy.set_status("failing")
+    assert names() == ["db-01"]
+    proxy.set_status("attention")
+    assert names() == ["ci"]
+    proxy.set_status("all")
+    proxy.set_tags({"prod"})
+    assert names() == ["db-01", "web-01"]
+    proxy.set_tags({"prod", "web"})
+    assert names() == ["web-01"]
+    assert proxy.is_filtering()
+    # Live: a host gaining the tag appears without touching the filter.
+    model.apply(
+        [
+            view(1, "web-01", tags=["prod", "web"]),
+            view(2, "web-02", tags=["prod", "web"], status="offline"),
+            view(3, "db-01", tags=["prod", "db"], last_backup_status="failed"),
+        ]
+    )
+    assert names() == ["web-01", "web-02"]
+    proxy.set_status("bogus")
+    assert proxy.status() == "all"
+
+
+def test_all_tags(model: FleetModel) -> None:
+    model.apply([view(1, tags=["b", "A"]), view(2, tags=["b", "c"])])
+    assert model.all_tags() == ["A", "b", "c"]
+
+
+def test_rows_are_hostviews_equal_by_value() -> None:
+    a = view(1, tags=["x"])
+    assert a == dataclasses.replace(a)
+    assert a != dataclasses.replace(a, tags=["x", "y"])

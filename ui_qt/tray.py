@@ -1,0 +1,397 @@
+"""The tray icon: fleet health at a glance, a short menu, notifications.
+
+The icon reflects ``fleet_health`` over the fleet rows (ok / warning /
+critical), refreshed when hosts change — throttled, so a fleet of
+heartbeating agents costs at most a couple of queries a second. A
+notification goes out when a job fails or an always-on host goes offline.
+
+Without a system tray (``QT_QPA_PLATFORM=offscreen``, a desktop without a
+tray) everything still runs — state, menu and notification requests are
+kept on the object for tests — and ``available`` says so, so the shell can
+make closing the window quit instead of stranding the app invisibly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QAction, QIcon
+from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
+from server_core.views import HostView, JobView
+from ui_qt.context import UiContext
+from ui_qt.fleet_health import CRITICAL, OK, WARNING, FleetHealth, fleet_health
+
+log = logging.getLogger(__name__)
+
+ICONS_DIR = Path(__file__).resolve().parent.parent / "resources" / "icons"
+REFRESH_MS = 500
+MAX_MENU_HOSTS = 15
+# A burst (a network outage, a wave of failing backups) is one notification.
+MAX_NAMES_IN_MESSAGE = 3
+_TERMINAL = ("succeeded", "failed", "cancelled")
+_KIND_LABEL = {
+    "backup": "Backup",
+    "init": "Repository init",
+    "forget": "Forget",
+    "prune": "Prune",
+    "check": "Check",
+    "unlock": "Unlock",
+    "restore": "Restore",
+    "diff": "Diff",
+    "update": "Agent update",
+}
+
+
+class TrayWindow(Protocol):
+    """What the tray asks of the main window."""
+
+    def bring_to_front(self) -> None: ...
+
+    def open_host(self, host_id: int) -> None: ...
+
+    def quit_app(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Notification:
+    title: str
+    message: str
+    level: str  # warning | critical
+    host_id: int | None
+    at: float
+
+
+def tray_icon(level: str, icons_dir: Path = ICONS_DIR) -> QIcon:
+    return QIcon(str(icons_dir / f"tray-{level}.svg"))
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMES_IN_MESSAGE])
+    extra = len(names) - MAX_NAMES_IN_MESSAGE
+    return f"{shown} and {extra} more" if extra > 0 else shown
+
+
+class Tray(QObject):
+    health_changed = Signal(object)  # FleetHealth
+    notified = Signal(object)  # Notification
+
+    def __init__(
+        self,
+        ctx: UiContext,
+        window: TrayWindow,
+        *,
+        icons_dir: Path = ICONS_DIR,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.ctx = ctx
+        self.window = window
+        self.available = QSystemTrayIcon.isSystemTrayAvailable()
+        self.health = fleet_health([])
+        self.notifications: list[Notification] = []
+        self.refreshes = 0
+        self._icons = {level: tray_icon(level, icons_dir) for level in (OK, WARNING, CRITICAL)}
+        self._hosts: dict[int, HostView] = {}
+        self._baseline = False
+        self._stopped = False
+        self._refreshing = False
+        self._refresh_again = False
+        self._checking_jobs = False
+        self._pending_jobs: set[str] = set()
+        # Jobs already seen finished: not fetched again, never notified twice.
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._last_host: int | None = None
+        self._told_hidden = False
+
+        self.icon = QSystemTrayIcon(self)
+        self.icon.setIcon(self._icons[OK])
+        self.menu = QMenu()
+        self.menu.setObjectName("trayMenu")
+        self.open_action = QAction("&Open restic-manager", self.menu)
+        self.open_action.triggered.connect(self.window.bring_to_front)
+        self.status_action = QAction("", self.menu)
+        self.status_action.setEnabled(False)
+        self.attention_menu = QMenu("Needs attention", self.menu)
+        self.quit_action = QAction("&Quit", self.menu)
+        self.quit_action.triggered.connect(self.window.quit_app)
+        self.menu.addAction(self.open_action)
+        self.menu.addSeparator()
+        self.menu.addAction(self.status_action)
+        self.menu.addMenu(self.attention_menu)
+        self.menu.addSeparator()
+        self.menu.addAction(self.quit_action)
+        self.icon.setContextMenu(self.menu)
+        self.icon.activated.connect(self._on_activated)
+        self.icon.messageClicked.connect(self._on_message_clicked)
+
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self.refresh_now)
+        self._jobs_timer = QTimer(self)
+        self._jobs_timer.setSingleShot(True)
+        self._jobs_timer.setInterval(REFRESH_MS)
+        self._jobs_timer.timeout.connect(self._check_jobs_now)
+        ctx.bridge.hosts_changed.connect(self._hosts_dirty)
+        ctx.bridge.hosts_removed.connect(self._hosts_dirty)
+        ctx.bridge.jobs_changed.connect(self._jobs_dirty)
+        self._apply(self.health)
+
+    # -- life cycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.available:
+            self.icon.show()
+        self.refresh_now()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._refresh_timer.stop()
+        self._jobs_timer.stop()
+        for signal, slot in (
+            (self.ctx.bridge.hosts_changed, self._hosts_dirty),
+            (self.ctx.bridge.hosts_removed, self._hosts_dirty),
+            (self.ctx.bridge.jobs_changed, self._jobs_dirty),
+        ):
+            with contextlib.suppress(RuntimeError, TypeError):
+                signal.disconnect(slot)
+        self.icon.hide()
+
+    # -- fleet health ------------------------------------------------------------
+
+    def _hosts_dirty(self, _ids: object = None) -> None:
+        if self._stopped:
+            return
+        if self._refreshing:
+            self._refresh_again = True
+        elif not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def refresh_now(self) -> None:
+        if self._stopped:
+            return
+        if self._refreshing:
+            self._refresh_again = True
+            return
+        self._refreshing = True
+        self.ctx.runner.run(
+            self.ctx.hosts.list_hosts(),
+            what="refreshing the tray",
+            on_done=self._hosts_loaded,
+            on_error=self._refresh_failed,
+        )
+
+    def _refresh_failed(self, exc: Exception) -> None:
+        # Background upkeep: log it, never pop a dialog (e.g. during shutdown).
+        self._refreshing = False
+        if not self._stopped:
+            log.warning("tray refresh failed: %s", exc)
+
+    def _hosts_loaded(self, hosts: list[HostView]) -> None:
+        self._refreshing = False
+        if self._stopped:
+            return
+        self.refreshes += 1
+        self.update_hosts(hosts)
+        if self._refresh_again:
+            self._refresh_again = False
+            self._refresh_timer.start()
+
+    def update_hosts(self, hosts: Iterable[HostView]) -> None:
+        """Apply a fresh fleet: health, menu, and offline notifications."""
+        rows = list(hosts)
+        previous = self._hosts
+        self._hosts = {h.id: h for h in rows}
+        if self._baseline:
+            gone = [
+                h
+                for h in rows
+                if h.id in previous
+                and previous[h.id].status == "online"
+                and h.status != "online"
+                and h.enrolled
+                and h.presence_mode != "laptop"
+            ]
+            if gone:
+                self._notify_offline(gone)
+        self._baseline = True
+        health = fleet_health(rows)
+        self._apply(health)
+
+    def _notify_offline(self, hosts: list[HostView]) -> None:
+        if len(hosts) == 1:
+            host = hosts[0]
+            self.notify(
+                f"{host.name} is offline",
+                "Its agent disconnected. It keeps running scheduled backups on its own "
+                "and reports them when it is back.",
+                WARNING,
+                host.id,
+            )
+            return
+        self.notify(
+            f"{len(hosts)} hosts are offline",
+            f"{_names([h.name for h in hosts])} disconnected.",
+            WARNING,
+            None,
+        )
+
+    def _apply(self, health: FleetHealth) -> None:
+        self.health = health
+        self.icon.setIcon(self._icons[health.level])
+        headline = {OK: "all good", WARNING: "needs attention", CRITICAL: "failing"}[health.level]
+        self.icon.setToolTip(f"restic-manager — {headline}\n{health.tooltip}")
+        self.status_action.setText(health.tooltip)
+        self.attention_menu.clear()
+        if health.attention:
+            self.attention_menu.setTitle(f"Needs attention ({len(health.attention)})")
+            self.attention_menu.setEnabled(True)
+            for item in health.attention[:MAX_MENU_HOSTS]:
+                action = self.attention_menu.addAction(self._icons[item.level], item.summary)
+                action.setData(item.host_id)
+                action.triggered.connect(self._open_attention)
+            more = len(health.attention) - MAX_MENU_HOSTS
+            if more > 0:
+                action = self.attention_menu.addAction(f"…and {more} more")
+                action.triggered.connect(self.window.bring_to_front)
+        else:
+            self.attention_menu.setTitle("Nothing needs attention")
+            self.attention_menu.setEnabled(False)
+        self.health_changed.emit(health)
+
+    def _open_attention(self) -> None:
+        action = self.sender()
+        if isinstance(action, QAction) and isinstance(action.data(), int):
+            self.open_host(action.data())
+
+    def open_host(self, host_id: int) -> None:
+        self.window.open_host(host_id)
+        self.window.bring_to_front()
+
+    # -- job failures ------------------------------------------------------------
+
+    def _jobs_dirty(self, ids: object) -> None:
+        if self._stopped or not isinstance(ids, set | frozenset | list):
+            return
+        fresh = {str(i) for i in ids if i not in self._finished}
+        if not fresh:
+            return
+        self._pending_jobs |= fresh
+        if not self._checking_jobs and not self._jobs_timer.isActive():
+            self._jobs_timer.start()
+
+    def _check_jobs_now(self) -> None:
+        if self._stopped or self._checking_jobs or not self._pending_jobs:
+            return
+        ids, self._pending_jobs = sorted(self._pending_jobs), set()
+        self._checking_jobs = True
+        self.ctx.runner.run(
+            self._fetch_jobs(ids),
+            what="checking finished jobs",
+            on_done=self._jobs_loaded,
+            on_error=self._jobs_failed,
+        )
+
+    async def _fetch_jobs(self, ids: list[str]) -> list[JobView]:
+        jobs = []
+        for job_id in ids:
+            try:
+                jobs.append(await self.ctx.jobs.get_job(job_id))
+            except Exception as exc:  # a deleted host takes its jobs along
+                log.debug("job %s vanished: %s", job_id, exc)
+        return jobs
+
+    def _jobs_failed(self, exc: Exception) -> None:
+        self._checking_jobs = False
+        if not self._stopped:
+            log.warning("checking jobs for the tray failed: %s", exc)
+
+    def _jobs_loaded(self, jobs: list[JobView]) -> None:
+        self._checking_jobs = False
+        if self._stopped:
+            return
+        failed = []
+        for job in jobs:
+            if job.status not in _TERMINAL or job.id in self._finished:
+                continue
+            self._finished[job.id] = None
+            if len(self._finished) > 10_000:
+                self._finished.popitem(last=False)
+            if job.status == "failed":
+                failed.append(job)
+        if failed:
+            self._notify_failed(failed)
+        if self._pending_jobs:
+            self._jobs_timer.start()
+
+    def _host_name(self, host_id: int) -> str:
+        host = self._hosts.get(host_id)
+        return host.name if host is not None else f"host {host_id}"
+
+    def _notify_failed(self, jobs: list[JobView]) -> None:
+        if len(jobs) == 1:
+            job = jobs[0]
+            kind = _KIND_LABEL.get(job.kind, job.kind.capitalize())
+            detail = (job.error or "").strip().splitlines()
+            message = detail[0] if detail else "See the job log for details."
+            if len(message) > 200:
+                message = message[:199] + "…"
+            self.notify(
+                f"{kind} failed on {self._host_name(job.host_id)}", message, CRITICAL, job.host_id
+            )
+            return
+        names = list(dict.fromkeys(self._host_name(j.host_id) for j in jobs))
+        self.notify(f"{len(jobs)} jobs failed", f"On {_names(names)}.", CRITICAL, None)
+
+    # -- notifications -------------------------------------------------------------
+
+    def notify(self, title: str, message: str, level: str, host_id: int | None = None) -> None:
+        """Show a tray notification (or, without a tray, only record the request)."""
+        note = Notification(title, message, level, host_id, time.time())
+        self.notifications.append(note)
+        del self.notifications[:-200]
+        self._last_host = host_id
+        log.info("notification: %s — %s", title, message)
+        if self.available and self.icon.isVisible() and QSystemTrayIcon.supportsMessages():
+            icon = (
+                QSystemTrayIcon.MessageIcon.Critical
+                if level == CRITICAL
+                else QSystemTrayIcon.MessageIcon.Warning
+            )
+            self.icon.showMessage(title, message, icon, 15_000)
+        self.notified.emit(note)
+
+    def window_hidden(self) -> None:
+        """The window was closed to the tray: say so, once per session."""
+        if self._told_hidden or not (self.available and self.icon.isVisible()):
+            return
+        self._told_hidden = True
+        self.icon.showMessage(
+            "restic-manager is still running",
+            "The control plane keeps serving your agents. Open it again from the tray icon; "
+            "Quit is in its menu.",
+            QSystemTrayIcon.MessageIcon.Information,
+            8_000,
+        )
+
+    def _on_message_clicked(self) -> None:
+        if self._last_host is not None and self._last_host in self._hosts:
+            self.open_host(self._last_host)
+        else:
+            self.window.bring_to_front()
+
+    def _on_activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason in (
+            QSystemTrayIcon.ActivationReason.Trigger,
+            QSystemTrayIcon.ActivationReason.DoubleClick,
+        ):
+            self.window.bring_to_front()
