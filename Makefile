@@ -27,7 +27,7 @@ lint: bootstrap
 	.venv/bin/ruff format --check .
 
 typecheck: bootstrap
-	.venv/bin/mypy agent server_core app
+	.venv/bin/mypy agent server_core app ui_qt
 
 unit: bootstrap
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
