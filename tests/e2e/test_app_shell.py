@@ -9,7 +9,6 @@ state and notification requests). The launch tests run the installed
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib.util
 import os
 import re
@@ -54,18 +53,6 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str =
             return value
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what or predicate}")
-
-
-@pytest.fixture(autouse=True)
-def collect_on_the_main_thread() -> Iterator[None]:
-    """Collect each test's cyclic garbage here, on the main thread.
-
-    Every test gets a fresh qasync loop; a closed one leaves a QObject with
-    live Qt timers (qasync's _SimpleTimer) in a reference cycle. Left to the
-    collector it may be freed from a store/executor thread, which leaves the
-    timers registered on a dead object and crashes a later test."""
-    yield
-    gc.collect()
 
 
 # -- single instance ---------------------------------------------------------
