@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from tests.helpers.palettes import dark_palette
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import qasync
 from PySide6.QtCore import QObject, QSettings, Signal
-from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
 from server_core.views import HostView, ServerInfo
@@ -210,29 +211,6 @@ async def _shoot(views: list[HostView], settings_dir: Path, out: Path) -> Path:
     view.deleteLater()
     await runner.drain()
     return out
-
-
-def dark_palette() -> QPalette:
-    """A dark palette like a desktop's dark theme, to check contrast."""
-    pal = QPalette()
-    roles = {
-        QPalette.ColorRole.Window: "#2b2b2b",
-        QPalette.ColorRole.WindowText: "#e6e6e6",
-        QPalette.ColorRole.Base: "#1e1e1e",
-        QPalette.ColorRole.AlternateBase: "#262626",
-        QPalette.ColorRole.Text: "#e6e6e6",
-        QPalette.ColorRole.Button: "#353535",
-        QPalette.ColorRole.ButtonText: "#e6e6e6",
-        QPalette.ColorRole.Highlight: "#2f65ca",
-        QPalette.ColorRole.HighlightedText: "#ffffff",
-        QPalette.ColorRole.PlaceholderText: "#9a9a9a",
-        QPalette.ColorRole.Mid: "#4a4a4a",
-        QPalette.ColorRole.ToolTipBase: "#353535",
-        QPalette.ColorRole.ToolTipText: "#e6e6e6",
-    }
-    for role, colour in roles.items():
-        pal.setColor(role, QColor(colour))
-    return pal
 
 
 async def render_async(path_dir: str | Path) -> list[Path]:

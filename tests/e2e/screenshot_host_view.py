@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.palettes import dark_palette
+
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -37,7 +39,6 @@ import aiohttp
 import keyring.backends.fail
 import qasync
 from PySide6.QtCore import QSettings
-from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication, QWidget
 
 from agent import protocol as p
@@ -281,29 +282,6 @@ def _save(widget: QWidget, path: Path) -> Path:
     QApplication.processEvents()
     widget.grab().save(str(path))
     return path
-
-
-def dark_palette() -> QPalette:
-    pal = QPalette()
-    for role, colour in {
-        QPalette.ColorRole.Window: "#2b2b2b",
-        QPalette.ColorRole.WindowText: "#e6e6e6",
-        QPalette.ColorRole.Base: "#1e1e1e",
-        QPalette.ColorRole.AlternateBase: "#262626",
-        QPalette.ColorRole.Text: "#e6e6e6",
-        QPalette.ColorRole.Button: "#353535",
-        QPalette.ColorRole.ButtonText: "#e6e6e6",
-        QPalette.ColorRole.Highlight: "#2f65ca",
-        QPalette.ColorRole.HighlightedText: "#ffffff",
-        QPalette.ColorRole.PlaceholderText: "#9a9a9a",
-        QPalette.ColorRole.Mid: "#4a4a4a",
-    }.items():
-        pal.setColor(role, QColor(colour))
-    for group in (QPalette.ColorGroup.Disabled,):
-        pal.setColor(group, QPalette.ColorRole.WindowText, QColor("#8c8c8c"))
-        pal.setColor(group, QPalette.ColorRole.Text, QColor("#8c8c8c"))
-        pal.setColor(group, QPalette.ColorRole.ButtonText, QColor("#8c8c8c"))
-    return pal
 
 
 async def render(path_dir: str | Path, ui: UiContext) -> list[Path]:
