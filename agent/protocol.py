@@ -272,8 +272,9 @@ class JobFinished(Message):
     summary: dict[str, Any] | None = None
     # How many log lines the agent wrote, so a gap in the stored log shows.
     log_lines: int | None = None
-    # For init/probe jobs: the repository's state as the agent saw it.
-    repo_status: Literal["ready", "init_failed"] | None = None
+    # The repository's state as the agent saw it: set by init/probe jobs, and
+    # "locked" by any job that found a lock left by another restic process.
+    repo_status: Literal["ready", "init_failed", "locked"] | None = None
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,32 @@ class SnapshotsChanged:
 
 
 @dataclass(frozen=True)
+class SourcesChanged:
+    """Source groups, schedules, maintenance or default hooks of a host changed."""
+
+    host_id: int
+
+
+@dataclass(frozen=True)
+class RepoStatsChanged:
+    host_id: int
+
+
+@dataclass(frozen=True)
 class AuditAppended:
     count: int
 
 
-Event = HostChanged | HostRemoved | JobChanged | JobLogAppended | SnapshotsChanged | AuditAppended
+Event = (
+    HostChanged
+    | HostRemoved
+    | JobChanged
+    | JobLogAppended
+    | SnapshotsChanged
+    | SourcesChanged
+    | RepoStatsChanged
+    | AuditAppended
+)
 Subscriber = Callable[[Event], None]
 
 

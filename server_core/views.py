@@ -44,6 +44,13 @@ class HostView:
     tags: list[str]
     presence_mode: str
     created_at: float
+    # The schedule set the control plane holds and the one the agent last acked.
+    schedule_version: int = 0
+    schedule_acked_version: int = 0
+    # Earliest next firing of any enabled schedule of the host.
+    next_run_at: float | None = None
+    # Repository size per day for the last 30 days, oldest first (None = no sample).
+    size_history: list[int | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,86 @@ class SourceGroupView:
     has_post_hook: bool
     created_at: float
     updated_at: float
+    # The hook commands themselves, for the operator's edit form and the API.
+    pre_hook: str | None = None
+    post_hook: str | None = None
+    # Names of the schedules that back this group up (a group in use cannot be deleted).
+    schedule_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HostHooksView:
+    """Host-level default hooks, used by groups that have none of their own."""
+
+    host_id: int
+    pre_hook: str | None
+    post_hook: str | None
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    id: int
+    host_id: int
+    cron: str
+    enabled: bool
+    source_group_ids: list[int]
+    description: str  # human-readable cron, e.g. "every day at 02:30"
+    next_run_at: float | None  # None when disabled
+    last_run_at: float | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ConflictView:
+    """A retention/schedule combination that will not do what it says."""
+
+    kind: str  # e.g. "keep_hourly_without_hourly_schedule", "group_not_scheduled"
+    message: str
+    source_group_id: int | None = None
+    schedule_id: int | None = None
+
+
+@dataclass(frozen=True)
+class MaintenanceView:
+    host_id: int
+    enabled: bool
+    forget_cron: str | None
+    prune_cron: str | None
+    check_cron: str | None
+    check_subset_percent: int
+    last_forget_at: float | None
+    last_prune_at: float | None
+    last_check_at: float | None
+    last_check_status: str | None
+    next_forget_at: float | None
+    next_prune_at: float | None
+    next_check_at: float | None
+    # Kinds whose window has passed but which wait for the app and the host.
+    due: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RepoStatsPoint:
+    day: str  # YYYY-MM-DD (UTC)
+    total_size: int | None
+    total_uncompressed_size: int | None
+    snapshot_count: int | None
+    file_count: int | None
+
+
+@dataclass(frozen=True)
+class RepoStatsView:
+    host_id: int
+    collected_at: float | None
+    total_size: int | None
+    total_uncompressed_size: int | None
+    snapshot_count: int | None
+    file_count: int | None
+    last_check_at: float | None
+    last_check_status: str | None
+    last_prune_at: float | None
+    history: list[RepoStatsPoint] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
