@@ -7,13 +7,21 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import logging_setup
+from app.early_quit import EarlyQuit
 from app.paths import default_data_dir
-from server_core.control_plane import Endpoint
+
+if TYPE_CHECKING:
+    from server_core.control_plane import Endpoint
 
 
 def _endpoint(text: str) -> Endpoint:
+    # Imported late: the control plane's imports take most of a second, and a
+    # quit signal sent meanwhile must already be caught (see app/early_quit.py).
+    from server_core.control_plane import Endpoint
+
     try:
         return Endpoint.parse(text)
     except ValueError as exc:
@@ -77,9 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    early_quit = EarlyQuit().install()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        early_quit.uninstall()
+        raise
     logging_setup.configure(args.log_level)
+    if args.command is not None:
+        early_quit.uninstall()
+        if early_quit.requested:
+            print("interrupted", file=sys.stderr)
+            return 1
     if args.command == "serve":
         from app.serve import run_serve
         from server_core.control_plane import ControlPlaneConfig, Endpoint
@@ -99,10 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_serve(config))
     if args.command == "api-token":
         return _api_token_create(args.data_dir or default_data_dir(), args.name)
-    return _gui(args)
+    return _gui(args, early_quit)
 
 
-def _gui(args: argparse.Namespace) -> int:
+def _gui(args: argparse.Namespace, early_quit: EarlyQuit) -> int:
     from app.gui import run_gui
     from server_core.control_plane import ControlPlaneConfig
 
@@ -112,7 +130,7 @@ def _gui(args: argparse.Namespace) -> int:
         api_listen=args.gui_api_listen,
         advertise_host=args.gui_advertise_host,
     )
-    return run_gui(config, minimized=args.minimized)
+    return run_gui(config, minimized=args.minimized, early_quit=early_quit)
 
 
 def _api_token_create(data_dir: Path, name: str) -> int:

@@ -39,6 +39,7 @@ from PySide6.QtGui import QAction, QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication, QLabel, QMessageBox
 
 from app import autostart
+from app.early_quit import EarlyQuit
 from app.single_instance import SingleInstance
 from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint
 from server_core.crypto import DataKeyError
@@ -56,7 +57,9 @@ LOG_FILE = "restic-manager.log"
 HEADLESS_PLATFORMS = ("offscreen", "minimal")
 
 
-def run_gui(config: ControlPlaneConfig, *, minimized: bool) -> int:
+def run_gui(
+    config: ControlPlaneConfig, *, minimized: bool, early_quit: EarlyQuit | None = None
+) -> int:
     import qasync
 
     app = _application()
@@ -77,7 +80,7 @@ def run_gui(config: ControlPlaneConfig, *, minimized: bool) -> int:
     _log_to_file(config.data_dir)
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
-    shell = Shell(app, config, instance, minimized=minimized)
+    shell = Shell(app, config, instance, minimized=minimized, early_quit=early_quit)
     try:
         with loop:
             return int(loop.run_until_complete(shell.run()))
@@ -278,9 +281,11 @@ class Shell(QObject):
         instance: SingleInstance,
         *,
         minimized: bool,
+        early_quit: EarlyQuit | None = None,
     ) -> None:
         super().__init__()
         self.app = app
+        self._early_quit = early_quit
         self.config = config
         self.instance = instance
         self.minimized = minimized
@@ -371,9 +376,14 @@ class Shell(QObject):
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._install_quit_paths(loop)
+        if self._early_quit is not None and self._early_quit.requested:
+            self.request_quit()
         self._install_error_hooks(loop)
         self._gc.start()
         try:
+            if self.quit_requested.is_set():
+                log.info("quit requested while starting: not starting the control plane")
+                return 0
             if not await self._start_control_plane():
                 return 1
             self._build_ui()

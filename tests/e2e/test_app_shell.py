@@ -794,3 +794,35 @@ def test_api_token_still_works(tmp_path: Path):
         env=_app_env(tmp_path),
     )
     assert out.stdout.decode().strip().startswith("rm")
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler installed for `sig` (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+async def test_sigterm_while_starting_is_a_clean_quit(tmp_path: Path):
+    """SIGTERM during the second of imports before the loop runs used to kill
+    the app with the default action (exit 143)."""
+    data = tmp_path / "data"
+    log = tmp_path / "early.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            _launch_args(data), stdout=out, stderr=subprocess.STDOUT, env=_app_env(tmp_path)
+        )
+    try:
+        await until(lambda: _catches(proc.pid, signal.SIGTERM), 20, "a SIGTERM handler")
+        # Caught this early, the app is still importing: nothing is up yet.
+        assert "control plane up" not in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        rc = await until(lambda: proc.poll() is not None and (proc.returncode,), 30, "exit")
+        text = log.read_text()
+        assert rc == (0,), text[-4000:]
+        assert "quit requested while starting" in text
+        assert "control plane up" not in text
+        assert "Traceback" not in text
+    finally:
+        _stop(proc)
