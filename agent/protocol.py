@@ -238,6 +238,10 @@ class JobStarted(Message):
     started_at: float
     source_group_id: int | None = None
     schedule_id: int | None = None
+    # What the job was started with, for jobs the agent mints itself: the
+    # cron window it serves, whether it is a catch-up, the attempt number and
+    # the job a retry repeats. Never secrets.
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QMessageBox
 
 from app import autostart
 from app.early_quit import EarlyQuit
+from app.local_agent import LocalAgent
 from app.single_instance import SingleInstance
 from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint
 from server_core.crypto import DataKeyError
@@ -448,6 +449,9 @@ class Shell(QObject):
             hosts=cp.hosts,
             jobs=cp.jobs,
             enrolment=cp.enrolment,
+            sources=cp.sources,
+            schedules=cp.schedules,
+            maintenance=cp.maintenance,
             server_info=cp.info,
             bridge=bridge,
             runner=runner,
@@ -455,6 +459,8 @@ class Shell(QObject):
         )
         window = MainWindow(self.ctx)
         self.window = window
+        # First run: the empty fleet offers to set up an agent on this computer.
+        window.fleet.offer_this_computer(LocalAgent.for_control_plane(cp))
         self.errors.set_parent_window(window)
         tray = Tray(self.ctx, window)
         self.tray = tray

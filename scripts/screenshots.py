@@ -209,6 +209,7 @@ class Fleet:
                 await self.run(
                     agent, uuid.uuid4().hex, "backup", "schedule", started, 9.0, group_id,
                     status="failed", exit_code=1, error=fail_last,
+                    repo_status="locked" if "already locked" in fail_last else None,
                 )  # fmt: skip
                 continue
             full = hashlib.sha256(f"{name}/{n}".encode()).hexdigest()
@@ -233,15 +234,31 @@ class Fleet:
                     "snapshot_id": full,
                 },
             )  # fmt: skip
-        ids = {
-            await agent.send(p.SnapshotsReport(collected_at=self.now - 60, snapshots=snaps)),
+        ids = {await agent.send(p.SnapshotsReport(collected_at=self.now - 60, snapshots=snaps))}
+        # A month of daily sizes (the fleet's sparkline), growing towards today's.
+        seed = sum(map(ord, name))
+        for day in range(29, 0, -1):
+            if (day + seed) % 9 == 0:
+                continue  # a day without a sample
+            wobble = 1 + 0.002 * ((day * seed) % 5 - 2)
+            past = int(size * (1 - (0.04 + seed % 7 / 50) * day / 29) * wobble)
+            ids.add(await agent.send(
+                p.RepoStatsReport(collected_at=self.now - day * 86400.0, total_size=past)
+            ))  # fmt: skip
+        ids.add(
             await agent.send(
                 p.RepoStatsReport(
                     collected_at=self.now - 60, total_size=size, snapshot_count=len(snaps)
                 )
-            ),
-        }
+            )
+        )
         await agent.acked(ids, timeout=15)
+
+    async def schedule(self, host_id: int, group_id: int | None, cron: str) -> None:
+        """A schedule for the fleet's "Next run" column."""
+        if group_id is not None:
+            body = {"cron": cron, "enabled": True, "source_group_ids": [group_id]}
+            await self.cp.schedules.create_schedule(host_id, body, OPERATOR)
 
 
 async def build_fleet(cp: ControlPlane, session: aiohttp.ClientSession) -> Fleet:
@@ -249,13 +266,14 @@ async def build_fleet(cp: ControlPlane, session: aiohttp.ClientSession) -> Fleet
     now = fleet.now
 
     paths = ["/etc", "/var/www", "/home"]
-    _id, web, group = await fleet.enrolled(
+    web_id, web, group = await fleet.enrolled(
         "web-01", tags=["prod", "web"], paths=paths, url="rest:https://backup.lan:8000/web-01"
     )
     await fleet.backups("web-01", web, group, paths, hours=[50, 26, 2], size=int(12.4 * GiB))
+    await fleet.schedule(web_id, group, "0 */6 * * *")
 
     paths = ["/etc", "/var/lib/postgresql"]
-    _id, db, group = await fleet.enrolled(
+    db_id, db, group = await fleet.enrolled(
         "db-prod-1",
         tags=["prod", "postgres"],
         paths=paths,
@@ -266,12 +284,14 @@ async def build_fleet(cp: ControlPlane, session: aiohttp.ClientSession) -> Fleet
         fail_last="Fatal: unable to create lock in backend: repository is already locked "
         "exclusively by PID 4121 on db-prod-1",
     )  # fmt: skip
+    await fleet.schedule(db_id, group, "30 1 * * *")
 
     paths = ["/srv/files"]
     files_id, files, group = await fleet.enrolled(
         "files-01", tags=["prod", "nas"], paths=paths, url="sftp:backup@nas.lan:/srv/restic/files"
     )
     await fleet.backups("files-01", files, group, paths, hours=[30, 6], size=int(311 * GiB))
+    await fleet.schedule(files_id, group, "0 2 * * *")
     running = await cp.jobs.dispatch(files_id, "backup", actor=OPERATOR, source_group_id=group)
     await files.expect(p.CommandRun)
     await fleet.run(files, running, "backup", "operator", now - 174, None, group)
@@ -310,6 +330,7 @@ async def build_fleet(cp: ControlPlane, session: aiohttp.ClientSession) -> Fleet
         "mail-01", tags=["prod", "mail"], paths=paths, url="rest:https://backup.lan:8000/mail-01"
     )
     await fleet.backups("mail-01", mail, group, paths, hours=[28, 20], size=int(5.1 * GiB))
+    await fleet.schedule(mail_id, group, "0 */4 * * *")
     await mail.ws.close()  # went offline
 
     await fleet.host(
@@ -339,13 +360,12 @@ async def build_fleet(cp: ControlPlane, session: aiohttp.ClientSession) -> Fleet
 
 
 async def _settle(seconds: float = 0.6) -> None:
-    """Let the bridge (100 ms), the views' refreshes and painting catch up."""
-    app = QApplication.instance()
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if app is not None:
-            app.processEvents()
-        await asyncio.sleep(0.05)
+    """Let the bridge (100 ms), the views' refreshes and painting catch up.
+
+    Only sleeps: the qasync loop runs Qt's events meanwhile, and processEvents()
+    from inside a coroutine would re-enter the asyncio loop ("Cannot enter into
+    task … while another task is being executed")."""
+    await asyncio.sleep(seconds)
 
 
 def _save(widget: QWidget, path: Path) -> Path:
@@ -399,6 +419,9 @@ async def main_window_shots(out: Path) -> list[Path]:
                     hosts=cp.hosts,
                     jobs=cp.jobs,
                     enrolment=cp.enrolment,
+                    sources=cp.sources,
+                    schedules=cp.schedules,
+                    maintenance=cp.maintenance,
                     server_info=cp.info,
                     bridge=bridge,
                     runner=runner,
@@ -485,6 +508,9 @@ async def _with_ui(fn: Callable[..., Any], out: Path) -> list[Path]:
                 hosts=cp.hosts,
                 jobs=cp.jobs,
                 enrolment=cp.enrolment,
+                sources=cp.sources,
+                schedules=cp.schedules,
+                maintenance=cp.maintenance,
                 server_info=cp.info,
                 bridge=bridge,
                 runner=runner,

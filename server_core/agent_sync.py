@@ -16,7 +16,7 @@ from agent.protocol import (
     ScheduleSpec,
     SourceGroupSpec,
 )
-from server_core import credentials
+from server_core import credentials, maintenance_plan
 from server_core.crypto import SecretBox, row_aad
 from server_core.models import Host, Job, Maintenance, Schedule, ScheduleGroup, SourceGroup
 
@@ -67,6 +67,18 @@ def schedule_set(box: SecretBox, host_id: int) -> ScheduleSet:
     for link in ScheduleGroup.select().join(Schedule).where(Schedule.host == host_id):
         links.setdefault(link.schedule_id, []).append(link.source_group_id)
     maint = Maintenance.get_or_none(Maintenance.host == host_id)
+    # A host whose plan row does not exist yet runs the defaults it would get.
+    spec = (
+        MaintenanceSpec(
+            enabled=maint.enabled,
+            forget_cron=maint.forget_cron,
+            prune_cron=maint.prune_cron,
+            check_cron=maint.check_cron,
+            check_subset_percent=maint.check_subset_percent,
+        )
+        if maint is not None
+        else MaintenanceSpec(**maintenance_plan.DEFAULTS)
+    )
     return ScheduleSet(
         version=host.schedule_version,
         schedules=[
@@ -79,16 +91,35 @@ def schedule_set(box: SecretBox, host_id: int) -> ScheduleSet:
             for s in schedules
         ],
         source_groups=[group_spec(box, g) for g in groups],
-        maintenance=MaintenanceSpec(
-            enabled=maint.enabled,
-            forget_cron=maint.forget_cron,
-            prune_cron=maint.prune_cron,
-            check_cron=maint.check_cron,
-            check_subset_percent=maint.check_subset_percent,
-        )
-        if maint is not None
-        else MaintenanceSpec(),
+        maintenance=spec,
     )
+
+
+# Jobs that delete data: on an append-only repository only the admin
+# credential may do that. It goes out with the job and the agent drops it after.
+ADMIN_KINDS = ("forget", "prune")
+
+
+def run_bandwidth(host: Host, override: Any) -> Bandwidth | None:
+    """The caps for one job: a per-run override wins, the host's caps fill
+    in the direction it leaves open. None means "the agent's host caps"."""
+    if not isinstance(override, dict) or not override:
+        return None
+    return Bandwidth(
+        upload_kib_s=override.get("upload_kib_s") or host.upload_kib_s,
+        download_kib_s=override.get("download_kib_s") or host.download_kib_s,
+    )
+
+
+def forget_groups(host_id: int) -> list[dict[str, Any]]:
+    """Each group's tag and retention as forget applies them (groups without
+    any rule are left out: forget keeps everything of theirs)."""
+    out = []
+    for g in SourceGroup.select().where(SourceGroup.host == host_id).order_by(SourceGroup.id):
+        rules = {k: v for k, v in json.loads(g.retention).items() if v is not None}
+        if rules:
+            out.append({"id": g.id, "name": g.name, "retention": rules})
+    return out
 
 
 def command_for(box: SecretBox, job: Job) -> CommandRun:
@@ -96,12 +127,23 @@ def command_for(box: SecretBox, job: Job) -> CommandRun:
     if job.source_group_id is not None:
         row = SourceGroup.get_or_none(SourceGroup.id == job.source_group_id)
         group = group_spec(box, row) if row is not None else None
+    args: dict[str, Any] = json.loads(job.args)
+    bandwidth = run_bandwidth(Host.get_by_id(job.host_id), args.pop("bandwidth", None))
+    admin = None
+    if job.kind in ADMIN_KINDS:
+        # None when there is no admin slot: the agent uses its everyday one.
+        admin = credentials.load(box, job.host_id, "admin")
+    if job.kind == "forget" and "groups" not in args:
+        # The retention as it is when the job goes out, not when it was queued.
+        args["groups"] = forget_groups(job.host_id)
     return CommandRun(
         job_id=job.id,
         kind=job.kind,
         actor=job.actor,
         source_group=group,
-        args=json.loads(job.args),
+        credentials=admin,
+        bandwidth=bandwidth,
+        args=args,
     )
 
 

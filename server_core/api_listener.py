@@ -17,6 +17,9 @@ from server_core.services.context import Actor, ServiceContext
 from server_core.services.enrolment import EnrolmentService, parse_new_host
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
+from server_core.services.maintenance import RUN_NOW_KINDS, MaintenanceService
+from server_core.services.schedules import ScheduleService
+from server_core.services.sources import SourceService
 from server_core.views import ServerInfo, as_json
 
 log = logging.getLogger(__name__)
@@ -71,12 +74,18 @@ class ApiListener:
         *,
         hosts: HostService,
         jobs: JobService,
+        sources: SourceService,
+        schedules: ScheduleService,
+        maintenance: MaintenanceService,
         enrolment: EnrolmentService,
         server_info: Callable[[], ServerInfo],
     ) -> None:
         self._ctx = ctx
         self._hosts = hosts
         self._jobs = jobs
+        self._sources = sources
+        self._schedules = schedules
+        self._maintenance = maintenance
         self._enrolment = enrolment
         self._server_info = server_info
 
@@ -93,7 +102,25 @@ class ApiListener:
         r.add_get("/api/v1/hosts/{host_id}/enrolment-tokens", self.list_enrolment_tokens)
         r.add_post("/api/v1/hosts/{host_id}/enrolment-tokens", self.regenerate_enrolment_token)
         r.add_delete("/api/v1/enrolment-tokens/{token_id}", self.revoke_enrolment_token)
-        r.add_get("/api/v1/hosts/{host_id}/source-groups", self.list_source_groups)
+        groups = "/api/v1/hosts/{host_id}/source-groups"
+        r.add_get(groups, self.list_source_groups)
+        r.add_post(groups, self.create_source_group)
+        r.add_get(groups + "/{source_group_id}", self.get_source_group)
+        r.add_put(groups + "/{source_group_id}", self.put_source_group)
+        r.add_delete(groups + "/{source_group_id}", self.delete_source_group)
+        schedules = "/api/v1/hosts/{host_id}/schedules"
+        r.add_get(schedules, self.list_schedules)
+        r.add_post(schedules, self.create_schedule)
+        r.add_get(schedules + "/{schedule_id}", self.get_schedule)
+        r.add_put(schedules + "/{schedule_id}", self.put_schedule)
+        r.add_delete(schedules + "/{schedule_id}", self.delete_schedule)
+        r.add_get("/api/v1/hosts/{host_id}/conflicts", self.list_conflicts)
+        r.add_get("/api/v1/hosts/{host_id}/hooks", self.get_default_hooks)
+        r.add_put("/api/v1/hosts/{host_id}/hooks", self.put_default_hooks)
+        r.add_get("/api/v1/hosts/{host_id}/maintenance", self.get_maintenance)
+        r.add_put("/api/v1/hosts/{host_id}/maintenance", self.put_maintenance)
+        r.add_get("/api/v1/hosts/{host_id}/repo-stats", self.repo_stats)
+        r.add_post("/api/v1/hosts/{host_id}/repo/reinit", self.reinit_repo)
         r.add_get("/api/v1/hosts/{host_id}/snapshots", self.list_snapshots)
         r.add_get("/api/v1/hosts/{host_id}/jobs", self.list_jobs)
         r.add_post("/api/v1/hosts/{host_id}/jobs", self.create_job)
@@ -214,8 +241,117 @@ class ApiListener:
         return web.Response(status=204)
 
     async def list_source_groups(self, request: web.Request) -> web.Response:
-        groups = await self._hosts.list_source_groups(_int_param(request, "host_id"))
+        groups = await self._sources.list_groups(_int_param(request, "host_id"))
         return web.json_response(as_json(groups))
+
+    async def create_source_group(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        view = await self._sources.create_group(host_id, await _body(request), request[ACTOR_KEY])
+        return web.json_response(as_json(view), status=201)
+
+    async def get_source_group(self, request: web.Request) -> web.Response:
+        view = await self._sources.get_group(
+            _int_param(request, "host_id"), _int_param(request, "source_group_id")
+        )
+        return web.json_response(as_json(view))
+
+    async def put_source_group(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        group_id = _int_param(request, "source_group_id")
+        view = await self._sources.update_group(
+            host_id, group_id, await _body(request), request[ACTOR_KEY]
+        )
+        return web.json_response(as_json(view))
+
+    async def delete_source_group(self, request: web.Request) -> web.Response:
+        await self._sources.delete_group(
+            _int_param(request, "host_id"),
+            _int_param(request, "source_group_id"),
+            request[ACTOR_KEY],
+        )
+        return web.Response(status=204)
+
+    async def list_schedules(self, request: web.Request) -> web.Response:
+        views = await self._schedules.list_schedules(_int_param(request, "host_id"))
+        return web.json_response(as_json(views))
+
+    async def create_schedule(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        view = await self._schedules.create_schedule(
+            host_id, await _body(request), request[ACTOR_KEY]
+        )
+        return web.json_response(as_json(view), status=201)
+
+    async def get_schedule(self, request: web.Request) -> web.Response:
+        view = await self._schedules.get_schedule(
+            _int_param(request, "host_id"), _int_param(request, "schedule_id")
+        )
+        return web.json_response(as_json(view))
+
+    async def put_schedule(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        schedule_id = _int_param(request, "schedule_id")
+        view = await self._schedules.update_schedule(
+            host_id, schedule_id, await _body(request), request[ACTOR_KEY]
+        )
+        return web.json_response(as_json(view))
+
+    async def delete_schedule(self, request: web.Request) -> web.Response:
+        await self._schedules.delete_schedule(
+            _int_param(request, "host_id"), _int_param(request, "schedule_id"), request[ACTOR_KEY]
+        )
+        return web.Response(status=204)
+
+    async def list_conflicts(self, request: web.Request) -> web.Response:
+        views = await self._schedules.conflicts(_int_param(request, "host_id"))
+        return web.json_response(as_json(views))
+
+    async def get_default_hooks(self, request: web.Request) -> web.Response:
+        view = await self._sources.default_hooks(_int_param(request, "host_id"))
+        return web.json_response(as_json(view))
+
+    async def put_default_hooks(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        body = await _body(request)
+        unknown = set(body) - {"pre_hook", "post_hook", "host_id"}
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        view = await self._sources.set_default_hooks(
+            host_id, body.get("pre_hook"), body.get("post_hook"), request[ACTOR_KEY]
+        )
+        return web.json_response(as_json(view))
+
+    async def get_maintenance(self, request: web.Request) -> web.Response:
+        view = await self._maintenance.get(_int_param(request, "host_id"))
+        return web.json_response(as_json(view))
+
+    async def put_maintenance(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        view = await self._maintenance.update(host_id, await _body(request), request[ACTOR_KEY])
+        return web.json_response(as_json(view))
+
+    async def repo_stats(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        raw = request.query.get("days", "365")
+        if not raw.isdigit() or len(raw) > 6:
+            raise InvalidInput("'days' must be a whole number of days", field="days")
+        view = await self._maintenance.repo_stats(host_id, int(raw))
+        return web.json_response(as_json(view))
+
+    async def reinit_repo(self, request: web.Request) -> web.Response:
+        host_id = _int_param(request, "host_id")
+        body = await _body(request)
+        unknown = set(body) - {"confirm"}
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        host = await self._hosts.get_host(host_id)
+        if body.get("confirm") != host.name:
+            raise InvalidInput(
+                f"'confirm' must be the host's name ({host.name}) to re-initialise its repository",
+                field="confirm",
+            )
+        job_id = await self._maintenance.reinit(host_id, request[ACTOR_KEY])
+        return web.json_response({"job_id": job_id}, status=202)
 
     async def list_snapshots(self, request: web.Request) -> web.Response:
         snaps = await self._hosts.list_snapshots(_int_param(request, "host_id"))
@@ -228,7 +364,7 @@ class ApiListener:
     async def create_job(self, request: web.Request) -> web.Response:
         host_id = _int_param(request, "host_id")
         body = await _body(request)
-        unknown = set(body) - {"kind", "source_group_id"}
+        unknown = set(body) - {"kind", "source_group_id", "upload_kib_s", "download_kib_s"}
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         kind = body.get("kind")
@@ -237,9 +373,26 @@ class ApiListener:
         if not isinstance(kind, str):
             raise InvalidInput("'kind' must be a string", field="kind")
         group = _optional_id(body, "source_group_id")
-        job_id = await self._jobs.dispatch(
-            host_id, kind, actor=request[ACTOR_KEY], source_group_id=group
-        )
+        actor = request[ACTOR_KEY]
+        upload, download = body.get("upload_kib_s"), body.get("download_kib_s")
+        if (upload is not None or download is not None) and kind != "backup":
+            raise InvalidInput(
+                "a bandwidth override ('upload_kib_s', 'download_kib_s') is only for backups",
+                field="upload_kib_s" if upload is not None else "download_kib_s",
+            )
+        if kind == "backup" and group is not None:
+            job_id = await self._sources.backup_now(
+                host_id, group, actor, upload_kib_s=upload, download_kib_s=download
+            )
+        elif kind in RUN_NOW_KINDS:
+            if group is not None:
+                raise InvalidInput(
+                    f"'source_group_id' does not apply to {kind}: it covers the whole repository",
+                    field="source_group_id",
+                )
+            job_id = await self._maintenance.run_now(host_id, kind, actor)
+        else:
+            job_id = await self._jobs.dispatch(host_id, kind, actor=actor, source_group_id=group)
         return web.json_response({"job_id": job_id}, status=202)
 
     async def get_job(self, request: web.Request) -> web.Response:

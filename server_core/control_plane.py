@@ -24,6 +24,9 @@ from server_core.services.context import ServiceContext
 from server_core.services.enrolment import EnrolmentService, default_install_command
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
+from server_core.services.maintenance import MaintenanceRunner, MaintenanceService
+from server_core.services.schedules import ScheduleService
+from server_core.services.sources import SourceService
 from server_core.store import Store
 from server_core.tls import load_or_create_certificate, ssl_context
 from server_core.views import ServerInfo
@@ -63,6 +66,8 @@ class ControlPlaneConfig:
     api_listen: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 8766))
     advertise_host: str | None = None
     offline_after_s: float = 90.0
+    # How often due forget/prune are looked for (also on each host coming online).
+    maintenance_interval_s: float = 30.0
     keyring_backend: keyring.backend.KeyringBackend | None = None
 
 
@@ -119,10 +124,17 @@ class ControlPlane:
         self.ctx = ctx
         self.jobs = JobService(ctx)
         self.hosts = HostService(ctx, self.jobs)
+        self.sources = SourceService(ctx, self.jobs)
+        self.schedules = ScheduleService(ctx)
+        self.maintenance = MaintenanceService(ctx, self.jobs)
+        self.maintenance_runner = MaintenanceRunner(
+            ctx, self.jobs, interval_s=cfg.maintenance_interval_s
+        )
         self.ingestor = EventIngestor(self.store, self.bus)
         await self.hub.mark_all_offline()
         self.ingestor.start()
         self.hub.start()
+        self.maintenance_runner.start()
 
         # The agent URL needs the bound port, which is known only after binding
         # (port 0 in tests); the enrolment service asks for it lazily.
@@ -146,6 +158,9 @@ class ControlPlane:
             ctx,
             hosts=self.hosts,
             jobs=self.jobs,
+            sources=self.sources,
+            schedules=self.schedules,
+            maintenance=self.maintenance,
             enrolment=self.enrolment,
             server_info=self.info,
         ).app()
@@ -195,6 +210,8 @@ class ControlPlane:
 
     async def stop(self) -> None:
         """Close agent sockets cleanly, write what is queued, close the database."""
+        if hasattr(self, "maintenance_runner"):
+            await self.maintenance_runner.stop()
         if hasattr(self, "hub"):
             await self.hub.stop()
         for runner in reversed(self._runners):

@@ -33,14 +33,16 @@ from agent.protocol import (
     SnapshotsReport,
     to_dict,
 )
-from server_core import audit
+from server_core import audit, maintenance_plan
 from server_core.events import (
     Event,
     EventBus,
     HostChanged,
     JobChanged,
     JobLogAppended,
+    RepoStatsChanged,
     SnapshotsChanged,
+    SourcesChanged,
 )
 from server_core.models import (
     Host,
@@ -226,9 +228,13 @@ def _job_for(host_id: int, job_id: str, *, kind: str = "unknown") -> Job:
     return job
 
 
-def _check_time(ts: float, what: str) -> None:
+def _plausible(ts: float) -> bool:
     # Between 1970 and 5138: anything else is a broken clock or a hostile agent.
-    if not 0 <= ts < 1e11:
+    return 0 <= ts < 1e11
+
+
+def _check_time(ts: float, what: str) -> None:
+    if not _plausible(ts):
         raise Rejected(f"{what} {ts!r} is not a plausible time")
 
 
@@ -274,6 +280,7 @@ def _job_started(host_id: int, msg: JobStarted) -> list[Event]:
             created_at=msg.started_at,
             started_at=msg.started_at,
             last_seq=msg.seq,
+            args=json.dumps(getattr(msg, "args", None) or {}),
         )
         audit.record(
             "agent",
@@ -299,7 +306,20 @@ def _job_started(host_id: int, msg: JobStarted) -> list[Event]:
             target_id=msg.job_id,
             payload={"kind": msg.kind},
         )
-    return [JobChanged(msg.job_id, host_id)]
+    events: list[Event] = [JobChanged(msg.job_id, host_id)]
+    if schedule is not None and _plausible(msg.started_at):
+        # max(): a replayed old start must not move the last run backwards.
+        moved = (
+            Schedule.update(last_run_at=msg.started_at)
+            .where(
+                (Schedule.id == schedule.id)
+                & (Schedule.last_run_at.is_null() | (Schedule.last_run_at < msg.started_at))
+            )
+            .execute()
+        )
+        if moved:
+            events += [SourcesChanged(host_id), HostChanged(host_id)]
+    return events
 
 
 def _job_progress(host_id: int, msg: JobProgress) -> list[Event]:
@@ -360,22 +380,139 @@ def _job_finished(host_id: int, msg: JobFinished) -> list[Event]:
             "error": (msg.error or "")[:500] or None,
         },
     )
-    if msg.repo_status is not None:
-        Host.update(
-            repo_status=msg.repo_status,
-            repo_status_error=msg.error if msg.repo_status == "init_failed" else None,
-            repo_status_at=msg.finished_at,
-        ).where(Host.id == host_id).execute()
-        audit.record(
-            "agent",
-            "host.repo_status",
-            actor_id=host_id,
-            target_kind="host",
-            target_id=host_id,
-            payload={"repo_status": msg.repo_status, "job_id": job.id},
-        )
+    _repo_status(host_id, job, msg)
+    if job.kind in maintenance_plan.KINDS:
+        events += _maintenance_finished(host_id, job, msg)
+    if job.kind == "backup" and msg.status == "succeeded" and _update_file_count(host_id, msg):
+        events.append(RepoStatsChanged(host_id))
     events.append(HostChanged(host_id))
     return events
+
+
+# Jobs that open the repository: one that succeeds proves no stale lock stops it.
+REPO_KINDS = frozenset(
+    {
+        "backup",
+        "init",
+        "forget",
+        "prune",
+        "check",
+        "unlock",
+        "restore",
+        "diff",
+        "snapshots",
+        "stats",
+    }
+)
+
+
+def _repo_status(host_id: int, job: Job, msg: JobFinished) -> None:
+    """The repository's state from a finished job: what the agent says
+    (ready, init_failed, locked), else a later success clears a lock."""
+    host: Host = Host.get_by_id(host_id)
+    if host.repo_status_at is not None and msg.finished_at < host.repo_status_at:
+        return  # a replayed old event must not undo what a newer one said
+    status = msg.repo_status
+    if status is None:
+        if not (
+            host.repo_status == "locked" and msg.status == "succeeded" and job.kind in REPO_KINDS
+        ):
+            return
+        status = "ready"
+    Host.update(
+        repo_status=status,
+        repo_status_error=msg.error if status in ("init_failed", "locked") else None,
+        repo_status_at=msg.finished_at,
+    ).where(Host.id == host_id).execute()
+    audit.record(
+        "agent",
+        "host.repo_status",
+        actor_id=host_id,
+        target_kind="host",
+        target_id=host_id,
+        payload={
+            "repo_status": status,
+            "before": host.repo_status,
+            "job_id": job.id,
+            "kind": job.kind,
+        },
+    )
+
+
+def _maintenance_finished(host_id: int, job: Job, msg: JobFinished) -> list[Event]:
+    """forget/prune record their last success; check records every verdict."""
+    if not _plausible(msg.finished_at):
+        return []
+    row, _ = maintenance_plan.ensure_row(host_id)
+    if job.kind == "check":
+        if msg.status == "cancelled":
+            return []
+        # Newest verdict wins, whatever order the events arrive in.
+        if row.last_check_at is not None and row.last_check_at > msg.finished_at:
+            return []
+        row.last_check_at = msg.finished_at
+        row.last_check_status = msg.status
+    elif msg.status == "succeeded":
+        field = f"last_{job.kind}_at"
+        if (getattr(row, field) or 0) >= msg.finished_at:
+            return []
+        setattr(row, field, msg.finished_at)
+    else:
+        return []
+    row.save()
+    return [SourcesChanged(host_id), RepoStatsChanged(host_id)]
+
+
+def host_file_count(host_id: int) -> int | None:
+    """Files in the repository's newest backup of each source group: what a
+    full restore of the host would bring back. None before any summary."""
+    ranked = (
+        Job.select(
+            Job.summary,
+            pw.fn.ROW_NUMBER()
+            .over(partition_by=[Job.source_group], order_by=[Job.finished_at.desc()])
+            .alias("rank"),
+        )
+        .where(
+            (Job.host == host_id)
+            & (Job.kind == "backup")
+            & (Job.status == "succeeded")
+            & Job.source_group.is_null(False)
+            & Job.summary.is_null(False)
+        )
+        .alias("ranked")
+    )
+    latest = (
+        pw.Select(from_list=[ranked], columns=[ranked.c.summary])
+        .where(ranked.c.rank == 1)
+        .bind(Job._meta.database)
+    )
+    total: int | None = None
+    for (summary,) in latest.tuples():
+        try:
+            files = json.loads(summary).get("total_files_processed")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(files, int) and not isinstance(files, bool) and files >= 0:
+            total = (total or 0) + files
+    return total
+
+
+def _update_file_count(host_id: int, msg: JobFinished) -> bool:
+    count = host_file_count(host_id)
+    if count is None or not _plausible(msg.finished_at):
+        return False
+    RepoStats.update(file_count=count).where(RepoStats.host == host_id).execute()
+    RepoStatsDaily.insert(
+        host=host_id, day=_utc_day(msg.finished_at), file_count=count
+    ).on_conflict(
+        conflict_target=[RepoStatsDaily.host, RepoStatsDaily.day], update={"file_count": count}
+    ).execute()
+    return True
+
+
+def _utc_day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
 
 
 def _snapshots(host_id: int, msg: SnapshotsReport) -> list[Event]:
@@ -447,14 +584,19 @@ def _repo_stats(host_id: int, msg: RepoStatsReport) -> list[Event]:
             target_id=host_id,
             payload={"total_size": msg.total_size, "snapshot_count": msg.snapshot_count},
         )
-    RepoStats.insert(host=host_id, collected_at=msg.collected_at, **values).on_conflict(
-        conflict_target=[RepoStats.host],
-        update={"collected_at": msg.collected_at, **values},
-    ).execute()
-    day = dt.datetime.fromtimestamp(msg.collected_at, dt.UTC).date().isoformat()
-    # A partial report must not erase a value captured earlier that day.
+    # A partial report must not erase a value captured earlier, and a
+    # replayed old report must not overwrite a newer one.
     present = {k: v for k, v in values.items() if v is not None}
-    RepoStatsDaily.insert(host=host_id, day=day, **present).on_conflict(
+    file_count = host_file_count(host_id)
+    if file_count is not None:
+        present["file_count"] = file_count
+    if before is None:
+        RepoStats.create(host=host_id, collected_at=msg.collected_at, **present)
+    elif msg.collected_at >= before.collected_at:
+        RepoStats.update(collected_at=msg.collected_at, **present).where(
+            RepoStats.host == host_id
+        ).execute()
+    RepoStatsDaily.insert(host=host_id, day=_utc_day(msg.collected_at), **present).on_conflict(
         conflict_target=[RepoStatsDaily.host, RepoStatsDaily.day], update=present
     ).execute()
-    return [HostChanged(host_id)]
+    return [HostChanged(host_id), RepoStatsChanged(host_id)]

@@ -285,7 +285,20 @@ CREATE TABLE "setting" (
 """
 
 
-MIGRATIONS: Sequence[tuple[int, str, str]] = ((1, "initial schema", _V1_INITIAL_SCHEMA),)
+# Issue 4: the repository's file count (files in the latest backup of each
+# group) next to its size, and when a host's maintenance plan started, so a
+# window that passed before the plan existed is not "due".
+_V2_FILE_COUNT_AND_MAINTENANCE_START = """
+ALTER TABLE "repo_stats" ADD COLUMN "file_count" INTEGER;
+ALTER TABLE "repo_stats_daily" ADD COLUMN "file_count" INTEGER;
+ALTER TABLE "maintenance" ADD COLUMN "created_at" REAL;
+"""
+
+
+MIGRATIONS: Sequence[tuple[int, str, str]] = (
+    (1, "initial schema", _V1_INITIAL_SCHEMA),
+    (2, "repo file count, maintenance start", _V2_FILE_COUNT_AND_MAINTENANCE_START),
+)
 
 
 class MigrationError(RuntimeError):

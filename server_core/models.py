@@ -32,7 +32,7 @@ class Host(BaseModel):
     last_ip = pw.TextField(null=True)
     tags = pw.TextField(default="[]")  # JSON list
     presence_mode = pw.TextField(default="always_on")  # always_on | laptop
-    repo_status = pw.TextField(default="unknown")  # unknown | ready | init_failed
+    repo_status = pw.TextField(default="unknown")  # unknown | ready | init_failed | locked
     repo_status_error = pw.TextField(null=True)
     repo_status_at = pw.FloatField(null=True)
     schedule_version = pw.IntegerField(default=0)
@@ -109,6 +109,7 @@ class Maintenance(BaseModel):
     last_prune_at = pw.FloatField(null=True)
     last_check_at = pw.FloatField(null=True)
     last_check_status = pw.TextField(null=True)
+    created_at = pw.FloatField(null=True)  # v2; null for rows from before it
 
 
 class Job(BaseModel):
@@ -172,6 +173,7 @@ class RepoStats(BaseModel):
     total_uncompressed_size = pw.IntegerField(null=True)
     snapshot_count = pw.IntegerField(null=True)
     blob_count = pw.IntegerField(null=True)
+    file_count = pw.IntegerField(null=True)  # v2
 
 
 class RepoStatsDaily(BaseModel):
@@ -181,6 +183,7 @@ class RepoStatsDaily(BaseModel):
     total_uncompressed_size = pw.IntegerField(null=True)
     snapshot_count = pw.IntegerField(null=True)
     blob_count = pw.IntegerField(null=True)
+    file_count = pw.IntegerField(null=True)  # v2
 
     class Meta:
         indexes = ((("host", "day"), True),)

@@ -36,7 +36,7 @@ class HostView:
     last_seen_at: float | None
     last_backup_at: float | None
     last_backup_status: str | None
-    repo_status: str  # unknown | ready | init_failed
+    repo_status: str  # unknown | ready | init_failed | locked
     repo_status_error: str | None
     snapshot_count: int
     repo_size_bytes: int | None
@@ -51,6 +51,9 @@ class HostView:
     next_run_at: float | None = None
     # Repository size per day for the last 30 days, oldest first (None = no sample).
     size_history: list[int | None] = field(default_factory=list)
+    # Bandwidth caps in KiB/s (None = unlimited).
+    upload_kib_s: int | None = None
+    download_kib_s: int | None = None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from server_core.events import (
     HostRemoved,
     JobChanged,
     JobLogAppended,
+    RepoStatsChanged,
     SnapshotsChanged,
+    SourcesChanged,
 )
 
 COALESCE_MS = 100
@@ -30,6 +32,9 @@ class EventBridge(QObject):
     jobs_changed = Signal(object)  # set[str] of job ids
     job_logs_appended = Signal(object)  # dict[str, int]: job id -> last seq
     snapshots_changed = Signal(object)  # set[int] of host ids
+    # Source groups, schedules, maintenance or default hooks of these hosts.
+    sources_changed = Signal(object)  # set[int] of host ids
+    repo_stats_changed = Signal(object)  # set[int] of host ids
     audit_appended = Signal()
 
     def __init__(self, bus: EventBus, parent: QObject | None = None) -> None:
@@ -40,6 +45,8 @@ class EventBridge(QObject):
         self._job_hosts: dict[str, int] = {}
         self._logs: dict[str, int] = {}
         self._snapshots: set[int] = set()
+        self._sources: set[int] = set()
+        self._repo_stats: set[int] = set()
         self._audit = False
         self.emitted = 0
         self._timer = QTimer(self)
@@ -64,6 +71,10 @@ class EventBridge(QObject):
             self._logs[event.job_id] = max(self._logs.get(event.job_id, 0), event.last_seq)
         elif isinstance(event, SnapshotsChanged):
             self._snapshots.add(event.host_id)
+        elif isinstance(event, SourcesChanged):
+            self._sources.add(event.host_id)
+        elif isinstance(event, RepoStatsChanged):
+            self._repo_stats.add(event.host_id)
         elif isinstance(event, AuditAppended):
             self._audit = True
         if not self._timer.isActive():
@@ -90,6 +101,14 @@ class EventBridge(QObject):
         if self._snapshots:
             snaps, self._snapshots = self._snapshots, set()
             self.snapshots_changed.emit(snaps)
+            self.emitted += 1
+        if self._sources:
+            sources, self._sources = self._sources, set()
+            self.sources_changed.emit(sources)
+            self.emitted += 1
+        if self._repo_stats:
+            stats, self._repo_stats = self._repo_stats, set()
+            self.repo_stats_changed.emit(stats)
             self.emitted += 1
         if self._audit:
             self._audit = False

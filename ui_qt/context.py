@@ -10,6 +10,9 @@ from PySide6.QtCore import QSettings
 from server_core.services.enrolment import EnrolmentService
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
+from server_core.services.maintenance import MaintenanceService
+from server_core.services.schedules import ScheduleService
+from server_core.services.sources import SourceService
 from server_core.views import ServerInfo
 from ui_qt.bridge import EventBridge
 from ui_qt.tasks import AsyncRunner
@@ -20,6 +23,9 @@ class UiContext:
     hosts: HostService
     jobs: JobService
     enrolment: EnrolmentService
+    sources: SourceService
+    schedules: ScheduleService
+    maintenance: MaintenanceService
     server_info: Callable[[], ServerInfo]
     bridge: EventBridge
     runner: AsyncRunner

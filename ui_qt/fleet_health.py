@@ -4,7 +4,8 @@ A pure function over the fleet rows, so the rules are easy to test and the
 tray only decides how to show them.
 
 - critical: the last backup failed, or the repository could not be initialised;
-- warning: an always-on host is offline, the last backup had warnings, open
+- warning: an always-on host is offline, the repository is locked (a stale
+  lock blocks forget/prune/check), the last backup had warnings, open
   alerts, or the last successful backup is older than ``STALE_AFTER_S``;
 - ok: everything else. A laptop being offline is normal; a host whose agent
   has not enrolled yet is counted as "awaiting agent", not as a problem.
@@ -82,6 +83,8 @@ def assess_host(host: HostView, now: float) -> tuple[str, list[str]]:
         critical.append("repository init failed")
     if host.enrolled and host.status != "online" and host.presence_mode != "laptop":
         warning.append("offline")
+    if host.repo_status == "locked":
+        warning.append("repository locked")
     if host.last_backup_status == "succeeded_with_warnings":
         warning.append("last backup had warnings")
     if (

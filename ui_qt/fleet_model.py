@@ -40,6 +40,7 @@ SORT_ROLE = Qt.ItemDataRole.UserRole + 1  # raw values: timestamps, sizes, count
 HOST_ID_ROLE = Qt.ItemDataRole.UserRole + 2
 HOST_ROLE = Qt.ItemDataRole.UserRole + 3  # the HostView itself
 STATE_ROLE = Qt.ItemDataRole.UserRole + 4  # online | offline | never
+SPARKLINE_ROLE = Qt.ItemDataRole.UserRole + 5  # size column: 30 daily sizes, None = no sample
 
 
 class Column(IntEnum):
@@ -49,11 +50,12 @@ class Column(IntEnum):
     AGENT = 3
     RESTIC = 4
     LAST_BACKUP = 5
-    REPO = 6
-    SIZE = 7
-    SNAPSHOTS = 8
-    ALERTS = 9
-    TAGS = 10
+    NEXT_RUN = 6
+    REPO = 7
+    SIZE = 8
+    SNAPSHOTS = 9
+    ALERTS = 10
+    TAGS = 11
 
 
 HEADERS: dict[Column, tuple[str, str]] = {
@@ -67,8 +69,19 @@ HEADERS: dict[Column, tuple[str, str]] = {
         "When the last backup finished, coloured by its result: "
         "green succeeded, amber succeeded with warnings, red failed",
     ),
-    Column.REPO: ("Repo", "Repository status: ready, init failed, or not checked yet"),
-    Column.SIZE: ("Size", "Repository size on disk (restic stats, raw data)"),
+    Column.NEXT_RUN: (
+        "Next run",
+        "When the host's schedules fire next (the agent fires them even when this app is closed)",
+    ),
+    Column.REPO: (
+        "Repo",
+        "Repository status: ready, locked (a stale lock to remove), init failed, or not "
+        "checked yet",
+    ),
+    Column.SIZE: (
+        "Size",
+        "Repository size on disk (restic stats, raw data), with its trend over 30 days",
+    ),
     Column.SNAPSHOTS: ("Snaps", "Number of snapshots in the repository"),
     Column.ALERTS: ("Alerts", "Open (unresolved) alerts for this host"),
     Column.TAGS: ("Tags", "Host tags"),
@@ -81,7 +94,14 @@ BACKUP_RESULTS: dict[str, tuple[str, Tone]] = {
     "cancelled": ("cancelled", Tone.MUTED),
 }
 
-REPO_LABELS = {"ready": "Ready", "init_failed": "Init failed", "unknown": "Unknown"}
+REPO_LABELS = {
+    "ready": "Ready",
+    "locked": "Locked",
+    "init_failed": "Init failed",
+    "unknown": "Unknown",
+}
+_REPO_RANK = {"init_failed": 0, "locked": 1, "unknown": 2, "ready": 3}
+_NEVER = 1e18  # sorts hosts without a next run after every real time
 
 _STATE_RANK = {ONLINE: 0, OFFLINE: 1, NEVER: 2}
 _NUMERIC = (Column.SIZE, Column.SNAPSHOTS, Column.ALERTS)
@@ -101,7 +121,9 @@ def backup_failing(view: HostView) -> bool:
 
 
 def repo_needs_attention(view: HostView) -> bool:
-    return view.repo_status == "init_failed" or (view.repo_status == "unknown" and view.enrolled)
+    return view.repo_status in ("init_failed", "locked") or (
+        view.repo_status == "unknown" and view.enrolled
+    )
 
 
 def natural_key(version: str | None) -> str:
@@ -209,12 +231,12 @@ class FleetModel(QAbstractTableModel):
         self._row_of = {v.id: row for row, v in enumerate(self._rows)}
 
     def tick(self) -> None:
-        """Relative times moved on: repaint the last-backup column only."""
+        """Relative times moved on: repaint the last-backup and next-run columns only."""
         if self._rows:
-            col = int(Column.LAST_BACKUP)
+            # Adjacent columns: one signal covers both.
             self.dataChanged.emit(
-                self.index(0, col),
-                self.index(len(self._rows) - 1, col),
+                self.index(0, int(Column.LAST_BACKUP)),
+                self.index(len(self._rows) - 1, int(Column.NEXT_RUN)),
                 [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole],
             )
 
@@ -265,6 +287,8 @@ class FleetModel(QAbstractTableModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == HOST_ID_ROLE:
             return view.id
+        if role == SPARKLINE_ROLE and col == Column.SIZE:
+            return view.size_history
         if role == HOST_ROLE:
             return view
         if role == STATE_ROLE:
@@ -302,6 +326,12 @@ class FleetModel(QAbstractTableModel):
                 }[v.last_backup_status]
                 return f"{when} · {short}"
             return when
+        if col == Column.NEXT_RUN:
+            if v.next_run_at is None:
+                return "—"
+            if v.next_run_at < self._now():
+                return "due"
+            return relative_time(v.next_run_at, self._now())
         if col == Column.REPO:
             return REPO_LABELS.get(v.repo_status, v.repo_status)
         if col == Column.SIZE:
@@ -328,8 +358,10 @@ class FleetModel(QAbstractTableModel):
             return natural_key(v.restic_version)
         if col == Column.LAST_BACKUP:
             return float(v.last_backup_at) if v.last_backup_at is not None else -1.0
+        if col == Column.NEXT_RUN:
+            return float(v.next_run_at) if v.next_run_at is not None else _NEVER
         if col == Column.REPO:
-            return {"init_failed": 0, "unknown": 1, "ready": 2}.get(v.repo_status, 1)
+            return _REPO_RANK.get(v.repo_status, 2)
         if col == Column.SIZE:
             return int(v.repo_size_bytes) if v.repo_size_bytes is not None else -1
         if col == Column.SNAPSHOTS:
@@ -345,8 +377,12 @@ class FleetModel(QAbstractTableModel):
             if v.last_backup_status is None:
                 return Tone.MUTED
             return BACKUP_RESULTS.get(v.last_backup_status, ("", Tone.NEUTRAL))[1]
+        if col == Column.NEXT_RUN:
+            return Tone.MUTED if v.next_run_at is None else None
         if col == Column.REPO:
-            return {"init_failed": Tone.BAD, "unknown": Tone.MUTED}.get(v.repo_status)
+            return {"init_failed": Tone.BAD, "locked": Tone.WARN, "unknown": Tone.MUTED}.get(
+                v.repo_status
+            )
         if col == Column.ALERTS:
             return Tone.BAD if v.open_alerts else Tone.MUTED
         if col == Column.STATUS and host_state(v) != ONLINE:
@@ -396,7 +432,21 @@ class FleetModel(QAbstractTableModel):
                 f"Finished {absolute_time(v.last_backup_at)} "
                 f"({relative_time(v.last_backup_at, now)})"
             )
+        if col == Column.NEXT_RUN:
+            if v.next_run_at is None:
+                return "No enabled schedule: backups only run when started by hand"
+            if v.next_run_at < now:
+                return (
+                    f"Was due {absolute_time(v.next_run_at)}: the agent runs a missed "
+                    "schedule once when it can (a host that was asleep, when it wakes)"
+                )
+            return f"Next scheduled backup {absolute_time(v.next_run_at)}"
         if col == Column.REPO:
+            if v.repo_status == "locked":
+                return (
+                    "Repository locked: restic found a lock, most likely left by a killed "
+                    "restic. Open the host's Repo tab to unlock it."
+                )
             if v.repo_status == "init_failed":
                 return f"Repository initialisation failed:\n{v.repo_status_error or 'no details'}"
             if v.repo_status == "ready":
@@ -407,7 +457,9 @@ class FleetModel(QAbstractTableModel):
         if col == Column.SIZE:
             if v.repo_size_bytes is None:
                 return "Unknown until the agent reports repository statistics"
-            return f"{v.repo_size_bytes:,} bytes"
+            text = f"{v.repo_size_bytes:,} bytes"
+            trend = size_trend(v.size_history)
+            return f"{text}\n{trend}" if trend else text
         if col == Column.SNAPSHOTS:
             return f"{v.snapshot_count} snapshot{'s' if v.snapshot_count != 1 else ''}"
         if col == Column.ALERTS:
@@ -417,6 +469,20 @@ class FleetModel(QAbstractTableModel):
         if col == Column.TAGS:
             return ", ".join(v.tags) if v.tags else "No tags"
         return None
+
+
+def size_trend(history: list[int | None]) -> str | None:
+    """``30 days: 4.1 GiB → 5.0 GiB (+0.9 GiB)`` from the daily sizes, if two are known."""
+    known = [v for v in history if v is not None]
+    if len(known) < 2:
+        return None
+    first, last = known[0], known[-1]
+    delta = last - first
+    sign = "+" if delta >= 0 else "−"
+    return (
+        f"{len(history)} days: {human_bytes(first)} → {human_bytes(last)} "
+        f"({sign}{human_bytes(abs(delta))})"
+    )
 
 
 def _runs(rows: list[int]) -> list[tuple[int, int]]:

@@ -40,9 +40,11 @@ from PySide6.QtWidgets import (
 )
 
 from server_core.views import HostView
+from ui_qt.add_this_computer import AddThisComputerDialog, LocalAgentLauncher
 from ui_qt.context import UiContext
 from ui_qt.fleet_model import (
     HOST_ID_ROLE,
+    SPARKLINE_ROLE,
     STATUS_FILTERS,
     Column,
     FleetFilterProxy,
@@ -53,6 +55,7 @@ from ui_qt.fleet_model import (
 from ui_qt.navigator import Navigator
 from ui_qt.widgets.colors import Tone, text_color
 from ui_qt.widgets.icons import icon
+from ui_qt.widgets.sparkline import SparklineDelegate
 from ui_qt.widgets.status_dot import NEVER, OFFLINE, ONLINE
 from ui_qt.widgets.tag_chips import TagChips
 from ui_qt.widgets.tiles import SummaryTile
@@ -64,7 +67,8 @@ KEY_STATUS = "fleet/status"
 KEY_TAGS = "fleet/tags"
 KEY_SORT_COLUMN = "fleet/sort_column"
 KEY_SORT_ORDER = "fleet/sort_order"
-KEY_HEADER = "fleet/header"
+# Versioned: a saved header state from before a column was added would shift widths.
+KEY_HEADER = "fleet/header2"
 
 
 class HostTable(QTableView):
@@ -96,6 +100,9 @@ class FleetView(QWidget):
         self._again = False
         self._sized = False
         self._header_restored = False
+        # Set by the app (offer_this_computer) where it can run a local agent.
+        self._this_computer: LocalAgentLauncher | None = None
+        self._this_computer_dialog: AddThisComputerDialog | None = None
 
         self.model = FleetModel(self)
         self.proxy = FleetFilterProxy(self)
@@ -204,6 +211,10 @@ class FleetView(QWidget):
         self.table = HostTable()
         self.table.setObjectName("fleetTable")
         self.table.setModel(self.proxy)
+        # The size column also draws the 30-day repository-size sparkline.
+        self.table.setItemDelegateForColumn(
+            int(Column.SIZE), SparklineDelegate(SPARKLINE_ROLE, self.table)
+        )
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -248,21 +259,19 @@ class FleetView(QWidget):
         font.setBold(True)
         title.setFont(font)
         title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        body = QLabel(
-            "<p>restic-manager backs up the computers you add here. Each one runs a small "
-            "agent that runs restic on a schedule and sends its backups straight to "
-            "your repository.</p>"
-            "<p>1.&nbsp;Click <b>Add host…</b> and enter the host's name and the "
-            "repository its backups go to.<br>"
-            "2.&nbsp;Run the install command it shows on that computer (Linux or Windows).<br>"
-            "3.&nbsp;The host appears here as soon as its agent connects.</p>"
-        )
+        body = QLabel()
+        self.empty_body = body
         body.setWordWrap(True)
         body.setTextFormat(Qt.TextFormat.RichText)
         # A fixed width lets the word-wrapped label compute its real height
         # (with only a maximum width, an aligned label collapses).
         body.setFixedWidth(540)
-        body.setMinimumHeight(body.heightForWidth(540))
+        self.empty_this_computer_button = QPushButton(icon("server"), "Add this computer…")
+        self.empty_this_computer_button.setObjectName("emptyAddThisComputer")
+        self.empty_this_computer_button.setToolTip(
+            "Set up the agent on this computer and back it up to a folder you choose"
+        )
+        self.empty_this_computer_button.clicked.connect(self._add_this_computer)
         self.empty_add_button = QPushButton(icon("add"), "Add host…")
         self.empty_add_button.setObjectName("emptyAddHost")
         self.empty_add_button.setDefault(True)
@@ -271,6 +280,20 @@ class FleetView(QWidget):
         self.empty_add_button.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         self.empty_add_button.setToolTip("Enrol your first host (Ctrl+N)")
         self.empty_add_button.clicked.connect(self._add_host)
+        hint = self.empty_this_computer_button.sizeHint()
+        self.empty_this_computer_button.setMinimumSize(
+            max(hint.width() + 40, 160), self.empty_add_button.minimumHeight()
+        )
+        self.empty_this_computer_button.setSizePolicy(
+            QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed
+        )
+        empty_buttons = QHBoxLayout()
+        empty_buttons.setSpacing(12)
+        empty_buttons.addStretch(1)
+        empty_buttons.addWidget(self.empty_this_computer_button)
+        empty_buttons.addWidget(self.empty_add_button)
+        empty_buttons.addStretch(1)
+        self._update_this_computer()
         self.empty_hint = QLabel(self._agent_hint())
         self.empty_hint.setForegroundRole(QPalette.ColorRole.PlaceholderText)
         self.empty_hint.setWordWrap(True)
@@ -284,13 +307,48 @@ class FleetView(QWidget):
         column.addWidget(art)
         column.addWidget(title)
         column.addWidget(body, 0, Qt.AlignmentFlag.AlignHCenter)
-        column.addWidget(self.empty_add_button, 0, Qt.AlignmentFlag.AlignHCenter)
+        column.addLayout(empty_buttons)
         column.addWidget(self.empty_hint, 0, Qt.AlignmentFlag.AlignHCenter)
         layout = QVBoxLayout(page)
         layout.addStretch(1)
         layout.addLayout(column)
         layout.addStretch(2)
         return page
+
+    def _empty_text(self, this_computer: bool) -> str:
+        intro = (
+            "<p>restic-manager backs up the computers you add here. Each one runs a small "
+            "agent that runs restic on a schedule and sends its backups straight to "
+            "your repository.</p>"
+        )
+        if this_computer:
+            return intro + (
+                "<p><b>Add this computer…</b> sets up the agent here and backs up into a "
+                "folder you choose; a minute later you watch its first backup run.</p>"
+                "<p><b>Add host…</b> is for another computer (Linux or Windows): it shows "
+                "the install command to run there, and the host appears here as soon as "
+                "its agent connects.</p>"
+            )
+        return intro + (
+            "<p>1.&nbsp;Click <b>Add host…</b> and enter the host's name and the "
+            "repository its backups go to.<br>"
+            "2.&nbsp;Run the install command it shows on that computer (Linux or Windows).<br>"
+            "3.&nbsp;The host appears here as soon as its agent connects.</p>"
+        )
+
+    def _update_this_computer(self) -> None:
+        """Offer "Add this computer" only when the app can run a local agent and this
+        computer is not in the fleet yet."""
+        launcher = self._this_computer
+        name = launcher.hostname.lower() if launcher is not None else None
+        offered = name is not None and all(v.name.lower() != name for v in self.model.hosts())
+        self.empty_this_computer_button.setVisible(offered)
+        self.empty_this_computer_button.setDefault(offered)
+        self.empty_add_button.setDefault(not offered)
+        text = self._empty_text(offered)
+        if self.empty_body.text() != text:
+            self.empty_body.setText(text)
+            self.empty_body.setMinimumHeight(self.empty_body.heightForWidth(540))
 
     def _agent_hint(self) -> str:
         try:
@@ -320,6 +378,11 @@ class FleetView(QWidget):
 
     def refreshing(self) -> bool:
         return self._in_flight
+
+    def offer_this_computer(self, launcher: LocalAgentLauncher | None) -> None:
+        """Let the empty fleet offer "Add this computer", set up through ``launcher``."""
+        self._this_computer = launcher
+        self._update_this_computer()
 
     def show_hosts(self, views: list[HostView]) -> None:
         """Apply a fleet snapshot to the table (what a refresh does with its result)."""
@@ -392,6 +455,7 @@ class FleetView(QWidget):
         self._update_summary()
         empty = self.model.loaded() and self.model.rowCount() == 0
         target = self.empty_page if empty else self.fleet_page
+        self._update_this_computer()
         if self.pages.currentWidget() is not target:
             self.pages.setCurrentWidget(target)
         if not self._sized and self.model.rowCount():
@@ -436,18 +500,23 @@ class FleetView(QWidget):
         self.tile_failing.set_value(str(failing), detail, tone if backed_up else Tone.NEUTRAL)
 
         init_failed = sum(1 for v in views if v.repo_status == "init_failed")
+        locked = sum(1 for v in views if v.repo_status == "locked")
         unchecked = sum(1 for v in views if v.repo_status == "unknown" and v.enrolled)
         parts = []
         if init_failed:
             parts.append(f"{init_failed} init failed")
+        if locked:
+            parts.append(f"{locked} locked")
         if unchecked:
             parts.append(f"{unchecked} not checked")
         ready = sum(1 for v in views if v.repo_status == "ready")
         if not parts:
             parts.append(f"{ready} ready" if ready else "none checked yet")
-        tone = Tone.BAD if init_failed else Tone.WARN if unchecked else Tone.OK
+        tone = Tone.BAD if init_failed else Tone.WARN if unchecked or locked else Tone.OK
         self.tile_repos.set_value(
-            str(init_failed + unchecked), " · ".join(parts), tone if total else Tone.NEUTRAL
+            str(init_failed + locked + unchecked),
+            " · ".join(parts),
+            tone if total else Tone.NEUTRAL,
         )
 
     def _update_match_state(self, *_args: object) -> None:
@@ -551,6 +620,18 @@ class FleetView(QWidget):
 
     def _add_host(self) -> None:
         self.navigator.add_host()
+
+    def _add_this_computer(self) -> None:
+        launcher = self._this_computer
+        if launcher is None:
+            return
+        dialog = self._this_computer_dialog
+        if dialog is None or not shiboken6.isValid(dialog):
+            dialog = AddThisComputerDialog(self.ctx, launcher, self.navigator, self.window())
+            self._this_computer_dialog = dialog
+        dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
 
     def _context_menu(self, pos: QPoint) -> None:
         index = self.table.indexAt(pos)

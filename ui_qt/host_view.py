@@ -2,14 +2,16 @@
 
 Everything is read through server_core services on the shared loop (via
 ``ctx.runner``) and kept live by the event bridge: ``hosts_changed`` re-reads
-the header, ``snapshots_changed`` / ``jobs_changed`` the matching tabs, and
-``hosts_removed`` sends the operator back to the fleet.
+the header, ``snapshots_changed`` / ``jobs_changed`` the matching tabs,
+``sources_changed`` the Sources / Schedules / Repo tabs, ``repo_stats_changed``
+the Repo tab, and ``hosts_removed`` sends the operator back to the fleet.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import time
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QFont
@@ -31,7 +33,15 @@ from server_core.services.context import OPERATOR
 from server_core.views import HostView as HostRecord
 from ui_qt.context import UiContext
 from ui_qt.formatting import absolute_time, human_bytes, relative_time
-from ui_qt.host_tabs import CredentialsTab, DangerZoneTab, JobsTab, SnapshotsTab, SourcesTab
+from ui_qt.host_tabs import (
+    CredentialsTab,
+    DangerZoneTab,
+    JobsTab,
+    RepoTab,
+    SchedulesTab,
+    SnapshotsTab,
+    SourcesTab,
+)
 from ui_qt.host_tabs.common import (
     AMBER,
     GREEN,
@@ -46,6 +56,7 @@ from ui_qt.host_tabs.common import (
     set_error,
     show_message,
 )
+from ui_qt.host_tabs.schedules_tab import sync_text
 from ui_qt.navigator import Navigator
 
 TICK_MS = 10_000
@@ -55,6 +66,11 @@ REPO_STATUS = {
     "ready": ("ready", GREEN),
     "unknown": ("not probed yet", GREY),
     "init_failed": ("init failed", RED),
+    "locked": ("locked", AMBER),
+}
+REPO_TIPS = {
+    "locked": "restic found a stale lock: see the Repo tab to unlock it",
+    "init_failed": "The repository could not be opened or initialised",
 }
 
 
@@ -97,12 +113,16 @@ class HostView(QWidget):
         self.snapshots_tab = SnapshotsTab(ctx, navigator, host_id)
         self.jobs_tab = JobsTab(ctx, navigator, host_id)
         self.sources_tab = SourcesTab(ctx, navigator, host_id, self.jobs_tab.set_group_names)
+        self.schedules_tab = SchedulesTab(ctx, navigator, host_id)
+        self.repo_tab = RepoTab(ctx, navigator, host_id)
         self.credentials_tab = CredentialsTab(ctx, navigator, host_id)
         self.danger_tab = DangerZoneTab(ctx, navigator, host_id, self._deleting)
-        # Schedules, Repo and Restore tabs arrive with their own issues.
+        # The Restore tab arrives with its own issue.
         for tab, title in (
             (self.snapshots_tab, "Snapshots"),
             (self.sources_tab, "Sources"),
+            (self.schedules_tab, "Schedules"),
+            (self.repo_tab, "Repo"),
             (self.jobs_tab, "Jobs"),
             (self.credentials_tab, "Credentials"),
             (self.danger_tab, "Danger zone"),
@@ -125,6 +145,8 @@ class HostView(QWidget):
         )
         ctx.bridge.hosts_changed.connect(self._on_hosts_changed)
         ctx.bridge.hosts_removed.connect(self._on_hosts_removed)
+        ctx.bridge.sources_changed.connect(self._on_sources_changed)
+        ctx.bridge.repo_stats_changed.connect(self._on_repo_stats_changed)
         self.ticker = QTimer(self)
         self.ticker.setInterval(TICK_MS)
         self.ticker.timeout.connect(self.tick)
@@ -136,6 +158,8 @@ class HostView(QWidget):
         return [
             self.snapshots_tab,
             self.sources_tab,
+            self.schedules_tab,
+            self.repo_tab,
             self.jobs_tab,
             self.credentials_tab,
             self.danger_tab,
@@ -183,6 +207,11 @@ class HostView(QWidget):
         self.last_backup.setTextFormat(Qt.TextFormat.RichText)
         self.repo_size = QLabel()
         self.presence = QLabel()
+        self.next_run = QLabel()
+        self.next_run.setObjectName("hostNextRun")
+        self.schedule_sync = QLabel()
+        self.schedule_sync.setObjectName("scheduleSync")
+        self.schedule_sync.setTextFormat(Qt.TextFormat.RichText)
         facts = QGridLayout()
         facts.setHorizontalSpacing(10)
         facts.setVerticalSpacing(4)
@@ -195,6 +224,8 @@ class HostView(QWidget):
                 ("Last backup", self.last_backup),
                 ("Snapshots", self.repo_size),
                 ("Presence", self.presence),
+                ("Next backup", self.next_run),
+                ("Schedules", self.schedule_sync),
             )
         ):
             row, col = divmod(n, 3)
@@ -292,9 +323,21 @@ class HostView(QWidget):
     def _on_hosts_changed(self, host_ids: set[int]) -> None:
         if self.host_id in host_ids and not self.gone:
             self.loader.request()
-            # Credentials and source groups change with HostChanged too.
+            # Credentials, source groups and maintenance runs change with HostChanged too.
             self.credentials_tab.reload()
             self.sources_tab.reload()
+            self.repo_tab.reload()
+
+    def _on_sources_changed(self, host_ids: set[int]) -> None:
+        if self.host_id in host_ids and not self.gone:
+            self.sources_tab.reload()
+            self.schedules_tab.reload()
+            self.repo_tab.maintenance_loader.request()
+            self.loader.request()  # the schedule version in the header
+
+    def _on_repo_stats_changed(self, host_ids: set[int]) -> None:
+        if self.host_id in host_ids and not self.gone:
+            self.repo_tab.reload_stats()
 
     def _on_hosts_removed(self, host_ids: set[int]) -> None:
         if self.host_id in host_ids:
@@ -324,6 +367,7 @@ class HostView(QWidget):
         self.repo_size.setText(f"{host.snapshot_count}" + (f" · repo {size}" if size else ""))
         self._show_times(host)
         self._show_repo(host)
+        self._show_sync(host)
         text = ", ".join(host.tags)
         if self.tags.text() == self._tags_loaded:  # never overwrite what is being typed
             self.tags.setText(text)
@@ -343,6 +387,18 @@ class HostView(QWidget):
         else:
             self.last_seen.setText(relative_time(host.last_seen_at))
         self.last_seen.setToolTip(absolute_time(host.last_seen_at))
+        if host.next_run_at is None:
+            self.next_run.setText("no schedule")
+            self.next_run.setToolTip("No enabled schedule: backups run only when started by hand")
+        elif host.next_run_at < time.time():
+            self.next_run.setText("due")
+            self.next_run.setToolTip(
+                f"Was due {absolute_time(host.next_run_at)}: the agent runs a missed "
+                "schedule once when it can"
+            )
+        else:
+            self.next_run.setText(relative_time(host.next_run_at))
+            self.next_run.setToolTip(absolute_time(host.next_run_at))
         if host.last_backup_at is None:
             self.last_backup.setText("never")
         else:
@@ -355,9 +411,22 @@ class HostView(QWidget):
             )
             self.last_backup.setToolTip(absolute_time(host.last_backup_at))
 
+    def _show_sync(self, host: HostRecord) -> None:
+        text, colour = sync_text(host)
+        shown = html.escape(text)
+        self.schedule_sync.setText(
+            f'<span style="color:{colour}">{shown}</span>' if colour else shown
+        )
+        self.schedule_sync.setToolTip(
+            "The schedule set (schedules, source groups, maintenance) the control plane "
+            f"holds is version {host.schedule_version}; the agent last confirmed version "
+            f"{host.schedule_acked_version}."
+        )
+
     def _show_repo(self, host: HostRecord) -> None:
         label, colour = REPO_STATUS.get(host.repo_status, (host.repo_status, GREY))
         self.repo_status.setText(f"{dot(colour)} {html.escape(label)}")
+        self.repo_status.setToolTip(REPO_TIPS.get(host.repo_status, ""))
         failed = host.repo_status == "init_failed"
         self.repo_error.setText(host.repo_status_error or "")
         self.repo_error.setVisible(failed and bool(host.repo_status_error))

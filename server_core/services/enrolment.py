@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.protocol import EnrolRequest, EnrolResponse, RepoCredentials, redact_url
-from server_core import audit, credentials, tokens
+from server_core import audit, credentials, maintenance_plan, tokens
 from server_core.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from server_core.events import HostChanged
 from server_core.models import EnrolmentToken, Host, SourceGroup
@@ -271,6 +271,7 @@ class EnrolmentService:
                 )
             host = Host.create(name=new.hostname, created_at=now, tags=json.dumps(new.tags))
             credentials.save(self._ctx.box, host.id, "everyday", new.repository)
+            maintenance_plan.ensure_row(host.id, now)
             if new.admin_repository is not None:
                 credentials.save(self._ctx.box, host.id, "admin", new.admin_repository)
             row = EnrolmentToken.create(
@@ -338,7 +339,11 @@ class EnrolmentService:
             host.restic_version = (req.restic_version or "")[:64] or None
             host.last_ip = source_ip
             host.repo_status = "unknown"
+            # A fresh agent holds plan version 0: a new version makes its first
+            # hello fetch the groups and the maintenance cadences below.
+            host.schedule_version = host.schedule_version + 1
             host.save()
+            maintenance_plan.ensure_row(host.id, now)
             paths = json.loads(row.initial_paths)
             has_group = SourceGroup.select().where(SourceGroup.host == host.id).exists()
             if paths and not has_group:

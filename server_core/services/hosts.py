@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from typing import Any, Protocol
 
 import peewee as pw
 
 from agent.protocol import redact_url
-from server_core import agent_sync, audit, credentials
+from server_core import agent_sync, audit, credentials, cron, plan_views
 from server_core.errors import InvalidInput, NotFound
 from server_core.events import HostChanged, HostRemoved
 from server_core.models import (
@@ -17,8 +19,10 @@ from server_core.models import (
     HostCredential,
     Job,
     RepoStats,
+    RepoStatsDaily,
+    Schedule,
+    ScheduleGroup,
     Snapshot,
-    SourceGroup,
 )
 from server_core.services.context import Actor, ServiceContext
 from server_core.views import CredentialSummary, HostView, SnapshotView, SourceGroupView
@@ -37,8 +41,9 @@ class JobDispatcher(Protocol):
     ) -> str: ...
 
 
-def host_views(host_ids: list[int] | None = None) -> list[HostView]:
+def host_views(host_ids: list[int] | None = None, now: float | None = None) -> list[HostView]:
     """Build fleet rows with a fixed number of queries, whatever the fleet size."""
+    now = time.time() if now is None else now
     query = Host.select().order_by(Host.name)
     if host_ids is not None:
         query = query.where(Host.id.in_(host_ids))
@@ -90,6 +95,8 @@ def host_views(host_ids: list[int] | None = None) -> list[HostView]:
         .group_by(Alert.host)
         .tuples()
     )
+    next_runs = _next_runs(ids, now)
+    history = _size_history(ids, now)
     views = []
     for h in hosts:
         at, status = last_backup.get(h.id, (None, None))
@@ -114,27 +121,61 @@ def host_views(host_ids: list[int] | None = None) -> list[HostView]:
                 tags=list(json.loads(h.tags)),
                 presence_mode=h.presence_mode,
                 created_at=h.created_at,
+                schedule_version=h.schedule_version,
+                schedule_acked_version=h.schedule_acked_version,
+                next_run_at=next_runs.get(h.id),
+                size_history=history.get(h.id, [None] * SIZE_HISTORY_DAYS),
+                upload_kib_s=h.upload_kib_s,
+                download_kib_s=h.download_kib_s,
             )
         )
     return views
 
 
-def source_group_view(box: Any, g: SourceGroup) -> SourceGroupView:
-    hooks = agent_sync.group_hooks(box, g)
-    return SourceGroupView(
-        id=g.id,
-        host_id=g.host_id,
-        name=g.name,
-        includes=list(json.loads(g.includes)),
-        excludes=list(json.loads(g.excludes)),
-        retention=dict(json.loads(g.retention)),
-        retry_max=g.retry_max,
-        retry_backoff_seconds=g.retry_backoff_seconds,
-        has_pre_hook=bool(hooks.get("pre")),
-        has_post_hook=bool(hooks.get("post")),
-        created_at=g.created_at,
-        updated_at=g.updated_at,
+SIZE_HISTORY_DAYS = 30
+
+
+def _next_runs(ids: list[int], now: float) -> dict[int, float]:
+    """Earliest next firing of each host's enabled schedules that back
+    something up (one query; each distinct expression computed once)."""
+    rows = (
+        Schedule.select(Schedule.host, Schedule.cron)
+        .join(ScheduleGroup)
+        .where(Schedule.host.in_(ids) & Schedule.enabled)
+        .distinct()
+        .tuples()
     )
+    cache: dict[str, float | None] = {}
+    out: dict[int, float] = {}
+    for host_id, expr in rows:
+        if expr not in cache:
+            try:
+                cache[expr] = cron.next_run(expr, now)
+            except Exception:
+                cache[expr] = None  # a stored expression croniter cannot read: no run
+        at = cache[expr]
+        if at is not None and (host_id not in out or at < out[host_id]):
+            out[host_id] = at
+    return out
+
+
+def _size_history(ids: list[int], now: float) -> dict[int, list[int | None]]:
+    """Repository size per UTC day for the last 30 days, oldest first (one query)."""
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    days = [
+        (today - dt.timedelta(days=n)).isoformat() for n in range(SIZE_HISTORY_DAYS - 1, -1, -1)
+    ]
+    index = {day: i for i, day in enumerate(days)}
+    out: dict[int, list[int | None]] = {}
+    rows = (
+        RepoStatsDaily.select(RepoStatsDaily.host, RepoStatsDaily.day, RepoStatsDaily.total_size)
+        .where(RepoStatsDaily.host.in_(ids) & (RepoStatsDaily.day >= days[0]))
+        .tuples()
+    )
+    for host_id, day, size in rows:
+        if day in index:
+            out.setdefault(host_id, [None] * SIZE_HISTORY_DAYS)[index[day]] = size
+    return out
 
 
 def require_host(host_id: int) -> Host:
@@ -162,10 +203,7 @@ class HostService:
     async def list_source_groups(self, host_id: int) -> list[SourceGroupView]:
         def run() -> list[SourceGroupView]:
             require_host(host_id)
-            groups = (
-                SourceGroup.select().where(SourceGroup.host == host_id).order_by(SourceGroup.id)
-            )
-            return [source_group_view(self._ctx.box, g) for g in groups]
+            return plan_views.group_views(self._ctx.box, host_id)
 
         return await self._ctx.store.call(run)
 

@@ -17,7 +17,7 @@ from server_core.services.hosts import require_host
 from server_core.views import JobView, LogLineView
 
 # Kinds an operator may start through the API in this version.
-DISPATCHABLE = ("backup", "init", "snapshots", "stats", "unlock")
+DISPATCHABLE = ("backup", "init", "snapshots", "stats", "unlock", "forget", "prune", "check")
 
 
 def job_view(job: Job) -> JobView:
@@ -74,7 +74,12 @@ def create_job(
         actor_id=actor.id,
         target_kind="job",
         target_id=job.id,
-        payload={"host_id": host_id, "kind": kind, "source_group_id": source_group_id},
+        payload={
+            "host_id": host_id,
+            "kind": kind,
+            "source_group_id": source_group_id,
+            **({"args": args} if args else {}),
+        },
     )
     return job
 
@@ -92,12 +97,15 @@ class JobService:
         source_group_id: int | None = None,
         require_online: bool = True,
         reuse_queued: bool = False,
+        args: dict[str, Any] | None = None,
     ) -> str:
         """Queue a job and send it to the agent now if it is connected.
 
         A job queued for an offline host (only allowed for system jobs) is
         sent when the agent next says hello. With ``reuse_queued``, an
         identical job still waiting is returned instead of a second one.
+        ``args`` are stored with the job (never secrets) and reach the agent
+        in ``command.run``; a ``bandwidth`` entry there is the per-run cap.
         """
         if kind not in DISPATCHABLE:
             raise InvalidInput(f"'kind' must be one of: {', '.join(DISPATCHABLE)}", field="kind")
@@ -140,7 +148,7 @@ class JobService:
                 )
                 if waiting is not None:
                     return waiting
-            return create_job(host_id, kind, actor, source_group_id=source_group_id)
+            return create_job(host_id, kind, actor, source_group_id=source_group_id, args=args)
 
         job = await self._ctx.store.transaction(run)
         # Asked again after the commit: an agent that said hello meanwhile

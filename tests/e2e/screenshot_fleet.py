@@ -33,6 +33,16 @@ from ui_qt.tasks import AsyncRunner
 GiB = 1024**3
 
 
+def size_history(end: float, growth: float, gaps: tuple[int, ...] = ()) -> list[int | None]:
+    """30 daily repository sizes ending at ``end`` bytes (None on the ``gaps`` days)."""
+    out: list[int | None] = []
+    for day in range(30):
+        wobble = 0.004 * ((day * 7919) % 5 - 2)
+        value = end * (1 - growth * (29 - day) / 29 + wobble)
+        out.append(None if day in gaps else int(value))
+    return out
+
+
 def sample_fleet(now: float | None = None) -> list[HostView]:
     now = time.time() if now is None else now
     h, d = 3600.0, 86400.0
@@ -69,6 +79,8 @@ def sample_fleet(now: float | None = None) -> list[HostView]:
             snapshot_count=412,
             repo_size_bytes=int(1.24 * 1024 * GiB),
             tags=["prod", "storage"],
+            next_run_at=now + 4 * h + 12 * 60,
+            size_history=size_history(1.24 * 1024 * GiB, 0.08),
         ),
         host(
             2,
@@ -80,6 +92,8 @@ def sample_fleet(now: float | None = None) -> list[HostView]:
             snapshot_count=96,
             repo_size_bytes=int(38.4 * GiB),
             tags=["prod", "web"],
+            next_run_at=now + 20 * 60,
+            size_history=size_history(38.4 * GiB, 0.15, gaps=(3, 4)),
         ),
         host(
             3,
@@ -90,6 +104,9 @@ def sample_fleet(now: float | None = None) -> list[HostView]:
             repo_size_bytes=int(12.9 * GiB),
             open_alerts=2,
             tags=["prod", "web"],
+            repo_status="locked",
+            next_run_at=now + 55 * 60,
+            size_history=size_history(12.9 * GiB, 0.02),
         ),
         host(
             4,
@@ -102,6 +119,8 @@ def sample_fleet(now: float | None = None) -> list[HostView]:
             repo_size_bytes=220 * GiB,
             open_alerts=1,
             tags=["prod", "db"],
+            next_run_at=now - 2 * h,  # missed while offline: runs once when it is back
+            size_history=size_history(220 * GiB, 0.05, gaps=(27, 28, 29)),
         ),
         host(
             5,
@@ -116,6 +135,8 @@ def sample_fleet(now: float | None = None) -> list[HostView]:
             snapshot_count=58,
             repo_size_bytes=84 * GiB,
             presence_mode="intermittent",
+            next_run_at=now + 22 * h,
+            size_history=size_history(84 * GiB, 0.3, gaps=(5, 6, 12, 13, 19, 20)),
             tags=["laptop"],
         ),
         host(
@@ -193,6 +214,9 @@ async def _shoot(views: list[HostView], settings_dir: Path, out: Path) -> Path:
         hosts=cast(Any, _Hosts(views)),
         jobs=cast(Any, None),
         enrolment=cast(Any, None),
+        sources=cast(Any, None),
+        schedules=cast(Any, None),
+        maintenance=cast(Any, None),
         server_info=_info,
         bridge=cast(Any, _Bridge()),
         runner=runner,
@@ -201,7 +225,7 @@ async def _shoot(views: list[HostView], settings_dir: Path, out: Path) -> Path:
     view = FleetView(ctx, _Navigator())
     loaded = asyncio.Event()
     view.refreshed.connect(loaded.set)
-    view.resize(1180, 620)
+    view.resize(1320, 620)
     view.show()
     await asyncio.wait_for(loaded.wait(), 10)
     await asyncio.sleep(0.1)  # let layouts settle and paint

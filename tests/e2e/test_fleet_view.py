@@ -254,6 +254,32 @@ async def test_sorting_by_repo_size_is_numeric(ui, control_plane, session, qtbot
         await agent.ws.close()
 
 
+async def test_a_locked_repository_counts_as_needing_attention(ui, control_plane, session, qtbot):
+    _, token = await add_host(ui, "locked1")
+    agent = await connect(control_plane, session, token, "locked1")
+    view = await open_view(ui, qtbot)
+    now = time.time()
+    mids = {
+        await agent.send(p.JobStarted("lockjob", 1, "backup", "schedule", now)),
+        await agent.send(
+            p.JobFinished(
+                "lockjob",
+                2,
+                "failed",
+                now + 1,
+                error="repository is already locked",
+                repo_status="locked",
+            )
+        ),
+    }
+    await agent.acked(mids)
+    await until(
+        lambda: "locked" in view.tile_repos.detail_label.text(), "the locked repo on the tile"
+    )
+    assert view.tile_repos.value() == "1"
+    await agent.ws.close()
+
+
 async def test_double_click_and_enter_open_the_host(ui, qtbot):
     a, _ = await add_host(ui, "aaa")
     b, _ = await add_host(ui, "bbb")

@@ -12,7 +12,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel, QMessageBox, QWidget
 
 from server_core.errors import NotFound, ServiceError
-from server_core.views import HostView
+from server_core.views import HostView, ScheduleView, SourceGroupView
 from ui_qt.context import UiContext
 from ui_qt.navigator import Navigator
 from ui_qt.tasks import AsyncRunner
@@ -100,6 +100,16 @@ def snapshot_timestamp(text: str) -> float | None:
         return dt.datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
+
+
+def plan_key(groups: list[SourceGroupView], schedules: list[ScheduleView]) -> object:
+    """What retention/schedule conflicts depend on. The check is costly (it
+    samples cron intervals), so tabs ask for it again only when this changes,
+    not on every heartbeat that reloads them."""
+    return (
+        [(g.id, g.name, sorted(g.retention.items(), key=str)) for g in groups],
+        [(s.id, s.cron, s.enabled, tuple(s.source_group_ids)) for s in schedules],
+    )
 
 
 class SingleFlight(Generic[T]):

@@ -1,4 +1,4 @@
-"""Danger zone: delete the host (type its name to confirm)."""
+"""Danger zone: re-initialise the repository, delete the host (type its name to confirm)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,35 @@ from PySide6.QtWidgets import (
 from server_core.services.context import OPERATOR
 from server_core.views import HostView
 from ui_qt.context import UiContext
-from ui_qt.host_tabs.common import RED, HostTab, error_label, error_text, guarded, set_error
+from ui_qt.host_tabs.common import (
+    GREEN,
+    RED,
+    HostTab,
+    error_label,
+    error_text,
+    guarded,
+    set_error,
+)
 from ui_qt.navigator import Navigator
+
+# The same padding and weight in both states, so enabling it never clips the text.
+DANGER_BUTTON = (
+    "QPushButton { padding: 5px 14px; font-weight: bold; }"
+    f" QPushButton:enabled {{ color: white; background: {RED}; border: none;"
+    " border-radius: 3px; }"
+)
+
+
+def danger_box(title: str, object_name: str) -> QGroupBox:
+    box = QGroupBox(title)
+    box.setObjectName(object_name)
+    box.setStyleSheet(
+        f"QGroupBox#{object_name} {{ border: 1px solid {RED}; border-radius: 4px;"
+        " margin-top: 1.4em; padding: 10px; }"
+        f" QGroupBox#{object_name}::title {{ subcontrol-origin: margin; left: 10px;"
+        f" padding: 0 4px; color: {RED}; font-weight: bold; }}"
+    )
+    return box
 
 
 class DangerZoneTab(HostTab):
@@ -34,14 +61,8 @@ class DangerZoneTab(HostTab):
         self._on_deleting = on_deleting
         self.deleting = False
 
-        box = QGroupBox("Delete this host")
-        box.setObjectName("dangerBox")
-        box.setStyleSheet(
-            f"QGroupBox#dangerBox {{ border: 1px solid {RED}; border-radius: 4px;"
-            " margin-top: 1.4em; padding: 10px; }"
-            " QGroupBox#dangerBox::title { subcontrol-origin: margin; left: 10px;"
-            f" padding: 0 4px; color: {RED}; font-weight: bold; }}"
-        )
+        self.reinit_box = self._build_reinit()
+        box = danger_box("Delete this host", "dangerBox")
         self.explain = QLabel()
         self.explain.setWordWrap(True)
         self.prompt = QLabel()
@@ -52,12 +73,7 @@ class DangerZoneTab(HostTab):
         self.confirm.returnPressed.connect(self.delete)
         self.delete_button = QPushButton("Delete host")
         self.delete_button.setObjectName("deleteHost")
-        # The same padding and weight in both states, so enabling it never clips the text.
-        self.delete_button.setStyleSheet(
-            "QPushButton { padding: 5px 14px; font-weight: bold; }"
-            f" QPushButton:enabled {{ color: white; background: {RED}; border: none;"
-            " border-radius: 3px; }"
-        )
+        self.delete_button.setStyleSheet(DANGER_BUTTON)
         self.delete_button.setEnabled(False)
         self.delete_button.clicked.connect(self.delete)
         self.error = error_label()
@@ -74,9 +90,49 @@ class DangerZoneTab(HostTab):
         inner.addWidget(self.error)
 
         layout = QVBoxLayout(self)
+        layout.addWidget(self.reinit_box)
+        layout.addSpacing(8)
         layout.addWidget(box)
         layout.addStretch(1)
         self._describe(None)
+
+    def _build_reinit(self) -> QGroupBox:
+        self.reiniting = False
+        box = danger_box("Re-initialise the repository", "reinitBox")
+        self.reinit_explain = QLabel(
+            "Runs <code>restic init</code> against this host's repository again, with the "
+            "everyday credential. Use it after the repository was deleted or moved to new, "
+            "empty storage. restic refuses to initialise a location that already holds a "
+            "repository, so existing backups are not overwritten — but a new repository "
+            "starts empty: its snapshot list, statistics and trend start over."
+        )
+        self.reinit_explain.setWordWrap(True)
+        self.reinit_prompt = QLabel("Loading…")
+        self.reinit_confirm = QLineEdit()
+        self.reinit_confirm.setObjectName("reinitConfirmName")
+        self.reinit_confirm.setMaximumWidth(320)
+        self.reinit_confirm.textChanged.connect(self._update_button)
+        self.reinit_confirm.returnPressed.connect(self.reinit)
+        self.reinit_button = QPushButton("Re-initialise")
+        self.reinit_button.setObjectName("reinitRepo")
+        self.reinit_button.setStyleSheet(DANGER_BUTTON)
+        self.reinit_button.setEnabled(False)
+        self.reinit_button.clicked.connect(self.reinit)
+        self.reinit_status = QLabel()
+        self.reinit_status.setObjectName("reinitStatus")
+        self.reinit_status.setWordWrap(True)
+        self.reinit_status.hide()
+        row = QHBoxLayout()
+        row.addWidget(self.reinit_confirm, 1)
+        row.addWidget(self.reinit_button)
+        row.addStretch(1)
+        inner = QVBoxLayout(box)
+        inner.addWidget(self.reinit_explain)
+        inner.addSpacing(6)
+        inner.addWidget(self.reinit_prompt)
+        inner.addLayout(row)
+        inner.addWidget(self.reinit_status)
+        return box
 
     @property
     def host_name(self) -> str | None:
@@ -99,12 +155,56 @@ class DangerZoneTab(HostTab):
         )
         self.prompt.setText(f"Type <b>{name}</b> to confirm:" if name else "Loading…")
         self.confirm.setPlaceholderText(name or "")
+        self.reinit_prompt.setText(f"Type <b>{name}</b> to confirm:" if name else "Loading…")
+        self.reinit_confirm.setPlaceholderText(name or "")
 
     def _update_button(self) -> None:
         name = self.host_name
         # Exactly the name: no trimming, no case folding.
         self.delete_button.setEnabled(
             not self.deleting and name is not None and self.confirm.text() == name
+        )
+        self.reinit_button.setEnabled(
+            not self.deleting
+            and not self.reiniting
+            and name is not None
+            and self.reinit_confirm.text() == name
+        )
+
+    def reinit(self) -> None:
+        if not self.reinit_button.isEnabled():
+            return
+        self.reiniting = True
+        self._update_button()
+        self.reinit_button.setText("Starting…")
+        self.reinit_status.hide()
+
+        def finished() -> None:
+            self.reiniting = False
+            self.reinit_button.setText("Re-initialise")
+            self._update_button()
+
+        def done(job_id: str) -> None:
+            self.reinit_confirm.clear()
+            finished()
+            self.reinit_status.setStyleSheet(f"color: {GREEN};")
+            self.reinit_status.setText(
+                "restic init started: the repository status in the header updates when it finishes."
+            )
+            self.reinit_status.show()
+            self.navigator.open_job(job_id)
+
+        def failed(exc: Exception) -> None:
+            finished()
+            self.reinit_status.setStyleSheet(f"color: {RED};")
+            self.reinit_status.setText(f"Could not re-initialise: {error_text(exc)}")
+            self.reinit_status.show()
+
+        self.ctx.runner.run(
+            self.ctx.maintenance.reinit(self.host_id, OPERATOR),
+            what=f"re-initialising the repository of {self.host_name}",
+            on_done=guarded(self, done),
+            on_error=guarded(self, failed),
         )
 
     def delete(self) -> None:

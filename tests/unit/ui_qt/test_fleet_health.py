@@ -68,6 +68,14 @@ def test_repo_init_failure_is_critical():
     assert level == CRITICAL and reasons == ["repository init failed"]
 
 
+def test_a_locked_repository_needs_attention():
+    level, reasons = assess_host(host(repo_status="locked"), NOW)
+    assert (level, reasons) == (WARNING, ["repository locked"])
+    health = fleet_health([host(repo_status="locked"), host(2, "b")], now=NOW)
+    assert health.level == WARNING and health.warnings == 1
+    assert health.attention[0].summary.endswith("repository locked")
+
+
 def test_offline_laptop_is_normal_but_offline_server_is_a_warning():
     assert assess_host(host(status="offline", presence_mode="laptop"), NOW)[0] == OK
     assert assess_host(host(status="offline"), NOW) == (WARNING, ["offline"])

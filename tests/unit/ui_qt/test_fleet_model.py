@@ -16,6 +16,7 @@ from server_core.views import HostView
 from ui_qt.fleet_model import (
     HOST_ID_ROLE,
     SORT_ROLE,
+    SPARKLINE_ROLE,
     Column,
     FleetFilterProxy,
     FleetModel,
@@ -159,12 +160,11 @@ def test_remove_ids_drops_rows_without_a_reset(model: FleetModel) -> None:
     assert ids(model) == [1, 3]
 
 
-def test_tick_repaints_only_the_last_backup_column(model: FleetModel) -> None:
+def test_tick_repaints_only_the_relative_time_columns(model: FleetModel) -> None:
     model.apply([view(1, last_backup_at=NOW - 600), view(2)])
     spy = Spy(model)
     model.tick()
-    col = int(Column.LAST_BACKUP)
-    assert spy.changed == [(0, col, 1, col)]
+    assert spy.changed == [(0, int(Column.LAST_BACKUP), 1, int(Column.NEXT_RUN))]
 
 
 def test_tick_timer_runs(qapp: Any) -> None:
@@ -315,3 +315,60 @@ def test_rows_are_hostviews_equal_by_value() -> None:
     a = view(1, tags=["x"])
     assert a == dataclasses.replace(a)
     assert a != dataclasses.replace(a, tags=["x", "y"])
+
+
+# -- issue 4: next run, locked repositories, the size trend ------------------------------
+
+
+def test_next_run_column_ticks_and_sorts(qapp: Any) -> None:
+    clock = [NOW]
+    model = FleetModel(now=lambda: clock[0])
+    model.apply(
+        [
+            view(1, next_run_at=NOW + 3 * 3600),
+            view(2, next_run_at=None),
+            view(3, next_run_at=NOW + 600),
+        ]
+    )
+    col = int(Column.NEXT_RUN)
+    assert model.index(0, col).data() == "in 3 h"
+    assert model.index(2, col).data() == "in 10 min"
+    assert model.index(1, col).data() == "—"
+    assert "No enabled schedule" in model.index(1, col).data(Qt.ItemDataRole.ToolTipRole)
+    # Time passes without a refresh: the text follows the clock, and a passed
+    # run reads "due" rather than a time in the past.
+    clock[0] = NOW + 660
+    assert model.index(2, col).data() == "due"
+    assert "missed schedule once" in model.index(2, col).data(Qt.ItemDataRole.ToolTipRole)
+    proxy = FleetFilterProxy()
+    proxy.setSourceModel(model)
+    proxy.sort(col, Qt.SortOrder.AscendingOrder)
+    order = [proxy.index(r, 0).data(HOST_ID_ROLE) for r in range(3)]
+    assert order == [3, 1, 2]  # soonest first, never last
+
+
+def test_a_locked_repository_has_its_own_label_and_needs_attention(model: FleetModel) -> None:
+    model.apply([view(1, repo_status="locked"), view(2, repo_status="ready")])
+    repo = model.index(0, int(Column.REPO))
+    assert repo.data() == "Locked"
+    assert "Repo tab to unlock" in repo.data(Qt.ItemDataRole.ToolTipRole)
+    colour = repo.data(Qt.ItemDataRole.ForegroundRole)
+    assert colour is not None and colour != model.index(1, int(Column.REPO)).data(
+        Qt.ItemDataRole.ForegroundRole
+    )
+    assert repo_needs_attention(view(1, repo_status="locked"))
+    proxy = FleetFilterProxy()
+    proxy.setSourceModel(model)
+    proxy.set_status("attention")
+    assert proxy.rowCount() == 1 and proxy.host_id(0) == 1
+
+
+def test_size_history_reaches_the_delegate_and_the_tooltip(model: FleetModel) -> None:
+    gib = 1024**3
+    history: list[int | None] = [None] * 27 + [4 * gib, None, 5 * gib]
+    model.apply([view(1, repo_size_bytes=5 * gib, size_history=history)])
+    size = model.index(0, int(Column.SIZE))
+    assert size.data(SPARKLINE_ROLE) == history
+    assert model.index(0, int(Column.NAME)).data(SPARKLINE_ROLE) is None
+    tip = size.data(Qt.ItemDataRole.ToolTipRole)
+    assert "30 days: 4.0 GiB → 5.0 GiB (+1.0 GiB)" in tip
