@@ -3,7 +3,10 @@
 Page 1 collects what the control plane needs (hostname, repository
 credentials, an optional admin credential, initial paths, tags) and
 validates it with the same pure parser the API uses, showing each refusal
-next to the field it concerns. Page 2 shows the one-time install commands
+next to the field it concerns. It also asks when to back up and how long
+to keep snapshots (on by default: daily at 02:00, keep 7 daily / 4 weekly /
+12 monthly), applied to the host's "default" source group right after the
+host is created. Page 2 shows the one-time install commands
 with a ticking expiry, follows the host as its agent enrols, connects and
 probes the repository, and lists the host's enrolment tokens with
 Regenerate / Revoke.
@@ -16,13 +19,15 @@ import math
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import shiboken6
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTime, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QDialog,
     QFormLayout,
     QFrame,
@@ -34,18 +39,29 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
+    QSpinBox,
     QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
+    QTimeEdit,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+from server_core import cron
 from server_core.errors import InvalidInput, ServiceError
-from server_core.services.context import OPERATOR
-from server_core.services.enrolment import EnrolmentGrant, NewHost, parse_new_host
-from server_core.views import EnrolmentTokenView, HostView
+from server_core.plan_input import parse_retention
+from server_core.services.context import OPERATOR, Actor
+from server_core.services.enrolment import (
+    DEFAULT_GROUP,
+    EnrolmentGrant,
+    NewHost,
+    parse_new_host,
+)
+from server_core.services.schedules import ScheduleService
+from server_core.services.sources import SourceService
+from server_core.views import EnrolmentTokenView, HostView, SourceGroupView
 from ui_qt.context import UiContext
 from ui_qt.formatting import absolute_time, relative_time
 from ui_qt.install_commands import InstallCommandsPanel
@@ -54,6 +70,15 @@ from ui_qt.widgets.colors import Tone, fill_color, text_color
 log = logging.getLogger(__name__)
 
 TICK_MS = 250  # the countdown shows seconds; a quarter-second tick never skips one
+# Nightly, when hosts are idle; a host that was off catches the missed run up.
+DEFAULT_BACKUP_TIME = QTime(2, 0)
+# (retention rule, default, the word after the spin box, its period)
+KEEP_RULES: tuple[tuple[str, int, str, str], ...] = (
+    ("keep_daily", 7, "daily", "days"),
+    ("keep_weekly", 4, "weekly", "weeks"),
+    ("keep_monthly", 12, "monthly", "months"),
+)
+KEEP_MAX = 9999
 
 # InvalidInput.field (or its prefix) -> the form field that shows the message.
 _FIELD_FOR_ERROR: dict[str, str] = {
@@ -69,6 +94,10 @@ _FIELD_FOR_ERROR: dict[str, str] = {
     "admin_repository.password": "admin_password",
     "initial_paths": "paths",
     "tags": "tags",
+    "retention": "keep",
+    "keep": "keep",
+    "cron": "schedule",
+    "schedule": "schedule",
 }
 
 # The parser names fields as the API spells them; the form speaks its own labels.
@@ -106,6 +135,106 @@ def countdown(seconds: float) -> str:
     """mm:ss, rounded up so that 00:00 means the token is really gone."""
     whole = max(0, math.ceil(seconds))
     return f"{whole // 60:02d}:{whole % 60:02d}"
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    """When the new host backs up and how long its snapshots are kept."""
+
+    cron: str
+    retention: dict[str, int]  # only the rules that are set
+
+    def describe(self) -> str:
+        """``every day at 02:00, keeping 7 daily, 4 weekly and 12 monthly snapshots``"""
+        return f"{cron.describe(self.cron)}, keeping {self.describe_retention()}"
+
+    def describe_retention(self) -> str:
+        """``7 daily, 4 weekly and 12 monthly snapshots``"""
+        kept = [
+            f"{self.retention[key]} {word}"
+            for key, _, word, _ in KEEP_RULES
+            if key in self.retention
+        ]
+        listed = kept[0] if len(kept) == 1 else ", ".join(kept[:-1]) + " and " + kept[-1]
+        return f"{listed} snapshots"
+
+
+@dataclass(frozen=True)
+class PlanFailure:
+    """Which step of applying a BackupPlan failed ('group' or 'schedule') and why."""
+
+    step: str
+    reason: str
+
+
+def daily_cron(at: QTime) -> str:
+    return f"{at.minute()} {at.hour()} * * *"
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ServiceError):
+        return exc.message
+    log.error("applying the new host's schedule and retention failed", exc_info=exc)
+    return str(exc) or type(exc).__name__
+
+
+async def apply_plan(
+    sources: SourceService,
+    schedules: ScheduleService,
+    host_id: int,
+    includes: list[str],
+    plan: BackupPlan,
+    actor: Actor,
+) -> PlanFailure | None:
+    """Give the new host its default source group with ``plan``'s retention, and a schedule.
+
+    The control plane creates the group "default" from the initial paths only
+    when the agent enrols (and only if the host has no group by then), so it
+    is created here, now, with the same paths; if it already exists its
+    retention is set instead. Returns what could not be done (empty when all
+    went well): the host exists by now, so a failure must not hide its
+    install commands.
+    """
+    try:
+        group = _default_group(await sources.list_groups(host_id))
+        if group is None:
+            group = await sources.create_group(
+                host_id,
+                {"name": DEFAULT_GROUP, "includes": includes, "retention": plan.retention},
+                actor,
+            )
+        else:
+            # update_group replaces the whole group: send back everything but the retention.
+            group = await sources.update_group(
+                host_id,
+                group.id,
+                {
+                    "name": group.name,
+                    "includes": group.includes,
+                    "excludes": group.excludes,
+                    "retention": {**group.retention, **plan.retention},
+                    "retry_max": group.retry_max,
+                    "retry_backoff_seconds": group.retry_backoff_seconds,
+                    "pre_hook": group.pre_hook,
+                    "post_hook": group.post_hook,
+                },
+                actor,
+            )
+    except Exception as exc:
+        return PlanFailure("group", _reason(exc))
+    try:
+        await schedules.create_schedule(
+            host_id,
+            {"cron": plan.cron, "enabled": True, "source_group_ids": [group.id]},
+            actor,
+        )
+    except Exception as exc:
+        return PlanFailure("schedule", _reason(exc))
+    return None
+
+
+def _default_group(groups: list[SourceGroupView]) -> SourceGroupView | None:
+    return next((g for g in groups if g.name == DEFAULT_GROUP), None)
 
 
 def _colour(tone: Tone) -> str:
@@ -363,10 +492,12 @@ class AddHostDialog(QDialog):
                 self.paths,
                 "paths",
                 "Absolute paths on the host, one per line. They become the source group "
-                "“default”; you can leave this empty and add sources later.",
+                "“default”. To add sources later, leave this empty and untick "
+                "“Back up automatically” below.",
             ),
         )
         column.addWidget(paths_box)
+        column.addWidget(self._build_plan_box())
         column.addStretch(1)
 
         self.form_scroll = QScrollArea()
@@ -400,7 +531,101 @@ class AddHostDialog(QDialog):
         self.admin_url.textEdited.connect(self._clear_errors)
         self.paths.textChanged.connect(self._clear_errors)
         self.env.table.itemChanged.connect(self._clear_errors)
+        self.auto_backup.toggled.connect(self._clear_errors)
+        for spin in self.keep.values():
+            spin.valueChanged.connect(self._clear_errors)
         return page
+
+    def _build_plan_box(self) -> QGroupBox:
+        """When to back up and what to keep: two rows, on by default."""
+        box = QGroupBox("Schedule and retention")
+        form = self._form(box)
+
+        self.auto_backup = QCheckBox("Back up &automatically, every day at")
+        self.auto_backup.setChecked(True)
+        self.auto_backup.setToolTip(
+            "The agent runs this backup itself, also while restic-manager is closed; "
+            "a host that was off catches the missed run up when it is back."
+        )
+        self.backup_time = QTimeEdit(DEFAULT_BACKUP_TIME)
+        self.backup_time.setDisplayFormat("HH:mm")
+        self.backup_time.setToolTip("In the host's local time")
+        self.backup_time.setAccessibleName("Backup time")
+        when_row = QWidget()
+        when = QHBoxLayout(when_row)
+        when.setContentsMargins(0, 0, 0, 0)
+        when.addWidget(self.auto_backup)
+        when.addWidget(self.backup_time)
+        when.addStretch(1)
+        form.addRow("Schedule:", self._with_error(when_row, "schedule"))
+
+        self.keep: dict[str, QSpinBox] = {}
+        keep_row = QWidget()
+        keep = QHBoxLayout(keep_row)
+        keep.setContentsMargins(0, 0, 0, 0)
+        for i, (rule, default, word, period) in enumerate(KEEP_RULES):
+            spin = QSpinBox()
+            spin.setRange(0, KEEP_MAX)
+            spin.setValue(default)
+            spin.setAccessibleName(f"Keep {word} snapshots")
+            spin.setToolTip(
+                f"forget keeps the newest snapshot of each of the last N {period} that have "
+                f"one (restic forget --{rule.replace('_', '-')}); 0 = no such rule"
+            )
+            # Reads as a sentence: "7 daily, 4 weekly and 12 monthly snapshots".
+            last = len(KEEP_RULES) - 1
+            after = {last - 1: " and", last: " snapshots"}.get(i, ",")
+            keep.addWidget(spin)
+            keep.addWidget(QLabel(word + after))
+            self.keep[rule] = spin
+        keep.addStretch(1)
+        self.keep_hint = QLabel()
+        self.keep_hint.setWordWrap(True)
+        self.keep_hint.setStyleSheet(f"color: {_colour(Tone.MUTED)}")
+        keep_label = QLabel("&Keep:")
+        keep_label.setBuddy(self.keep[KEEP_RULES[0][0]])
+        keep_field = self._with_error(keep_row, "keep", after=self.keep_hint)
+        form.addRow(keep_label, keep_field)
+
+        self.auto_backup.toggled.connect(self._on_auto_backup_toggled)
+        self._on_auto_backup_toggled(True)
+        return box
+
+    def _on_auto_backup_toggled(self, on: bool) -> None:
+        # Retention goes with the schedule: off means "set both up later", and
+        # greyed-out rules make plain that none will be applied.
+        self.backup_time.setEnabled(on)
+        for spin in self.keep.values():
+            spin.setEnabled(on)
+        self.keep_hint.setText(
+            "0 = no such rule. Old snapshots are removed by the host's forget maintenance."
+            if on
+            else "Off: backups run only when you click Back up now, and forget keeps every "
+            "snapshot. Set both up later on the host's Sources and Schedules tabs."
+        )
+
+    def plan(self) -> BackupPlan | None:
+        """The schedule and retention the form asks for (None: automatic backups off).
+
+        Raises InvalidInput naming the form field ('schedule' or 'keep')."""
+        if not self.auto_backup.isChecked():
+            return None
+        retention = {rule: spin.value() for rule, spin in self.keep.items() if spin.value() > 0}
+        if not retention:
+            raise InvalidInput(
+                "set at least one of daily, weekly or monthly: with all at 0 forget never "
+                "removes a snapshot and the repository only grows",
+                field="keep",
+            )
+        parse_retention(retention)  # the same bounds the service applies
+        if not self.request_body()["initial_paths"]:
+            raise InvalidInput(
+                "automatic backups need something to back up: add initial paths above, or "
+                "untick this and set sources and a schedule up later on the host's tabs",
+                field="schedule",
+            )
+        schedule = cron.validate(daily_cron(self.backup_time.time()))
+        return BackupPlan(cron=schedule, retention=retention)
 
     @staticmethod
     def _form(parent: QWidget) -> QFormLayout:
@@ -409,8 +634,10 @@ class AddHostDialog(QDialog):
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return form
 
-    def _with_error(self, widget: QWidget, key: str, hint: str | None = None) -> QWidget:
-        """The field, an optional grey hint under it, and a hidden red error line."""
+    def _with_error(
+        self, widget: QWidget, key: str, hint: str | None = None, *, after: QWidget | None = None
+    ) -> QWidget:
+        """The field, an optional grey hint under it, a hidden red error line, then ``after``."""
         box = QWidget()
         column = QVBoxLayout(box)
         column.setContentsMargins(0, 0, 0, 0)
@@ -427,6 +654,8 @@ class AddHostDialog(QDialog):
         error.setStyleSheet(f"color: {_colour(Tone.BAD)}")
         error.setVisible(False)
         column.addWidget(error)
+        if after is not None:
+            column.addWidget(after)
         self._errors[key] = error
         return box
 
@@ -442,6 +671,8 @@ class AddHostDialog(QDialog):
             "admin_url": self.admin_url,
             "admin_password": self.admin_password.edit,
             "paths": self.paths,
+            "schedule": self.auto_backup,
+            "keep": self.keep[KEEP_RULES[0][0]],
         }
         return widgets[key]
 
@@ -505,11 +736,11 @@ class AddHostDialog(QDialog):
             }
         return body
 
-    def validate(self) -> NewHost | None:
+    def validate(self) -> tuple[NewHost, BackupPlan | None] | None:
         """Check the form without touching the database; show what is wrong where it is."""
         self._clear_errors()
         try:
-            return parse_new_host(self.request_body())
+            return parse_new_host(self.request_body()), self.plan()
         except InvalidInput as exc:
             self._show_error(exc.field, exc.message)
             return None
@@ -517,14 +748,27 @@ class AddHostDialog(QDialog):
     def submit(self) -> None:
         if not self.submit_button.isEnabled():
             return
-        new = self.validate()
-        if new is None:
+        checked = self.validate()
+        if checked is None:
             return
+        new, plan = checked
         self._set_busy(True)
+        # Services, not self: the plan is applied even if the dialog closes meanwhile.
+        enrolment, sources, schedules = self.ctx.enrolment, self.ctx.sources, self.ctx.schedules
+
+        async def create() -> tuple[EnrolmentGrant, PlanFailure | None]:
+            grant = await enrolment.add_host(new, OPERATOR)
+            failed = None
+            if plan is not None:
+                failed = await apply_plan(
+                    sources, schedules, grant.host_id, new.initial_paths, plan, OPERATOR
+                )
+            return grant, failed
+
         self.ctx.runner.run(
-            self.ctx.enrolment.add_host(new, OPERATOR),
+            create(),
             what="Adding a host",
-            on_done=self._alive(lambda grant: self._on_created(new.hostname, grant)),
+            on_done=self._alive(lambda done: self._on_created(new.hostname, plan, *done)),
             on_error=self._alive(self._on_create_failed),
         )
 
@@ -541,7 +785,13 @@ class AddHostDialog(QDialog):
         log.error("adding a host failed", exc_info=exc)
         self._show_error(None, f"The host could not be added: {exc or type(exc).__name__}")
 
-    def _on_created(self, hostname: str, grant: EnrolmentGrant) -> None:
+    def _on_created(
+        self,
+        hostname: str,
+        plan: BackupPlan | None,
+        grant: EnrolmentGrant,
+        plan_failed: PlanFailure | None,
+    ) -> None:
         self._set_busy(False)
         self.hostname_added = hostname
         # The secrets now live (encrypted) in the control plane; drop them from the widgets.
@@ -553,6 +803,7 @@ class AddHostDialog(QDialog):
             f"<b>{hostname}</b> was added. Run one of these commands on it to install "
             "and enrol its agent:"
         )
+        self._show_plan_outcome(plan, plan_failed)
         self._show_grant(grant)
         self.pages.setCurrentWidget(self.result_page)
         self.submit_button.setDefault(False)
@@ -570,6 +821,12 @@ class AddHostDialog(QDialog):
         self.heading = QLabel()
         self.heading.setWordWrap(True)
         column.addWidget(self.heading)
+        self.plan_note = QLabel()
+        self.plan_note.setObjectName("planNote")
+        self.plan_note.setTextFormat(Qt.TextFormat.RichText)
+        self.plan_note.setWordWrap(True)
+        self.plan_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        column.addWidget(self.plan_note)
 
         self.commands = InstallCommandsPanel()
         column.addWidget(self.commands)
@@ -664,6 +921,44 @@ class AddHostDialog(QDialog):
         self.commands.set_usable(True)
         self._tick.start()
         self._update_countdown()
+
+    def plan_state(self) -> str:
+        """What became of the schedule and retention: applied | off | failed."""
+        return str(self.plan_note.property("state"))
+
+    def _show_plan_outcome(self, plan: BackupPlan | None, failed: PlanFailure | None) -> None:
+        if plan is None:
+            state, tone = "off", Tone.MUTED
+            text = (
+                "No automatic backups and no retention yet: set them up on the host's "
+                "Schedules and Sources tabs."
+            )
+        elif failed is not None and failed.step == "group":
+            state, tone = "failed", Tone.WARN
+            text = (
+                "<b>Schedule and retention were not set:</b> the source group "
+                f"“{DEFAULT_GROUP}” could not be created ({_escape(failed.reason)}). "
+                "The host was added and the commands below work as usual. The agent creates "
+                f"“{DEFAULT_GROUP}” from the initial paths when it enrols; then open the host, "
+                "set its retention on the Sources tab and add a schedule on the Schedules tab "
+                f"({_escape(plan.describe())})."
+            )
+        elif failed is not None:
+            state, tone = "failed", Tone.WARN
+            text = (
+                f"<b>No schedule was created:</b> {_escape(failed.reason)}. The host was added, "
+                f"its group “{DEFAULT_GROUP}” keeps {_escape(plan.describe_retention())}, and "
+                "the commands below work as usual. Open the host and add a schedule on its "
+                f"Schedules tab ({_escape(cron.describe(plan.cron))})."
+            )
+        else:
+            state, tone = "applied", Tone.MUTED
+            text = (
+                f"Backs up {_escape(plan.describe())}. Change this on the host's Schedules "
+                "and Sources tabs."
+            )
+        self.plan_note.setText(f'<span style="color:{_colour(tone)}">{text}</span>')
+        self.plan_note.setProperty("state", state)
 
     def cert_pin(self) -> str:
         return self.ctx.server_info().cert_sha256

@@ -4,6 +4,7 @@
 
 Renders against a real embedded control plane in a temporary data dir:
 - add-host-form.png      the form, filled in, with an inline error on a relative path
+- add-host-keep-error.png  its "Schedule and retention" section refusing all-zero retention
 - add-host-result.png    the result page: commands, pin, countdown, awaiting agent, tokens
 - add-host-enrolled.png  (when restic 0.18 and the agent are installed) the same page after
                          a real agent enrolled: green panel, "Repository ready", token used
@@ -33,7 +34,7 @@ from ui_qt.bridge import EventBridge
 from ui_qt.context import UiContext
 from ui_qt.tasks import AsyncRunner
 
-SIZE = (760, 860)
+SIZE = (760, 960)  # tall enough for the whole form
 
 
 async def _until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
@@ -84,6 +85,16 @@ async def render_with(
     dialog.env.table.setRowCount(0)
     dialog.admin_group.setChecked(False)
     dialog.paths.setPlainText("/etc\n/home\n/var/www")
+    # Automatic backups on with nothing to keep: refused at the Keep row.
+    for spin in dialog.keep.values():
+        spin.setValue(0)
+    dialog.submit()
+    await _settle()
+    paths.append(out / "add-host-keep-error.png")
+    dialog.grab().save(str(paths[-1]))
+
+    for spin, value in zip(dialog.keep.values(), (7, 4, 12), strict=True):
+        spin.setValue(value)
     dialog.submit()
     await _until(lambda: bool(dialog.tokens), 15)
     await _settle()

@@ -18,16 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTime
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QPlainTextEdit, QWidget
+from PySide6.QtWidgets import QPlainTextEdit, QTimeEdit, QWidget
 
 from server_core.services.audit_log import list_audit
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
 from tests.helpers.fleet import AgentProcess, child_env
 from tests.helpers.restic_bins import RESTIC_BINARIES
-from ui_qt.add_host import AddHostDialog, countdown, field_for_error, humanise
+from ui_qt.add_host import (
+    AddHostDialog,
+    BackupPlan,
+    countdown,
+    daily_cron,
+    field_for_error,
+    humanise,
+)
 
 PASSWORD = "correct-horse-battery"
 
@@ -117,6 +124,14 @@ def test_error_fields_map_to_widgets_and_read_like_the_form():
     assert countdown(59.2) == "01:00"
     assert countdown(0.4) == "00:01"
     assert countdown(-3) == "00:00"
+    assert field_for_error("retention.keep_daily") == "keep"
+    assert daily_cron(QTime(2, 0)) == "0 2 * * *"
+    assert daily_cron(QTime(21, 5)) == "5 21 * * *"
+    plan = BackupPlan("0 2 * * *", {"keep_daily": 7, "keep_monthly": 12})
+    assert plan.describe() == "every day at 02:00, keeping 7 daily and 12 monthly snapshots"
+    assert BackupPlan("0 2 * * *", {"keep_weekly": 4}).describe_retention() == (
+        "4 weekly snapshots"
+    )
 
 
 # -- the form --------------------------------------------------------------------
@@ -218,6 +233,176 @@ async def test_environment_and_backend_credentials_are_stored(ui, qtbot, tmp_pat
     assert host.tags == ["e2e", "web"]
 
 
+# -- schedule and retention -------------------------------------------------------
+
+DEFAULT_RETENTION = {
+    "keep_last": None,
+    "keep_hourly": None,
+    "keep_daily": 7,
+    "keep_weekly": 4,
+    "keep_monthly": 12,
+    "keep_yearly": None,
+    "keep_within": None,
+}
+
+
+async def test_by_default_the_host_backs_up_daily_and_keeps_a_sensible_history(
+    ui, qtbot, control_plane, tmp_path
+):
+    dialog = open_dialog(ui, qtbot)
+    # Visible defaults: on, 02:00, 7 / 4 / 12.
+    assert dialog.auto_backup.isChecked()
+    assert dialog.backup_time.time() == QTime(2, 0)
+    assert {rule: spin.value() for rule, spin in dialog.keep.items()} == {
+        "keep_daily": 7,
+        "keep_weekly": 4,
+        "keep_monthly": 12,
+    }
+    await fill_valid_form(qtbot, dialog, "web1", tmp_path / "repo")
+    host_id = await submit_and_wait_created(qtbot, dialog)
+
+    (group,) = await ui.sources.list_groups(host_id)
+    assert group.name == "default"
+    assert group.includes == ["/etc", "/var/lib/app"]
+    assert group.retention == DEFAULT_RETENTION
+    (schedule,) = await ui.schedules.list_schedules(host_id)
+    assert (schedule.cron, schedule.enabled, schedule.source_group_ids) == (
+        "0 2 * * *",
+        True,
+        [group.id],
+    )
+    assert schedule.next_run_at is not None
+    assert await ui.schedules.conflicts(host_id) == []
+
+    # The result page says what was set up, and the commands are there.
+    assert dialog.pages.currentWidget() is dialog.result_page
+    assert dialog.plan_state() == "applied"
+    assert "every day at 02:00" in dialog.plan_note.text()
+    assert "7 daily, 4 weekly and 12 monthly snapshots" in dialog.plan_note.text()
+    assert dialog.grant is not None and dialog.grant.token in dialog.commands.linux.toPlainText()
+
+    entries = await control_plane.store.call(list_audit, limit=50)
+    done = {(e.action, e.actor_kind) for e in entries}
+    assert ("source_group.created", "operator") in done
+    assert ("schedule.created", "operator") in done
+
+
+async def test_another_time_and_fewer_rules_typed_with_the_keyboard(ui, qtbot, tmp_path):
+    dialog = open_dialog(ui, qtbot)
+    await fill_valid_form(qtbot, dialog, "web1", tmp_path / "repo")
+    dialog.backup_time.setFocus()
+    dialog.backup_time.setSelectedSection(QTimeEdit.Section.HourSection)
+    qtbot.keyClicks(dialog.backup_time, "21:30")
+    weekly = dialog.keep["keep_weekly"]
+    weekly.setFocus()
+    weekly.selectAll()
+    qtbot.keyClicks(weekly, "0")
+    assert weekly.value() == 0
+    host_id = await submit_and_wait_created(qtbot, dialog)
+
+    (group,) = await ui.sources.list_groups(host_id)
+    assert group.retention == {**DEFAULT_RETENTION, "keep_weekly": None}
+    (schedule,) = await ui.schedules.list_schedules(host_id)
+    assert schedule.cron == "30 21 * * *"
+    assert await ui.schedules.conflicts(host_id) == []
+    assert "every day at 21:30, keeping 7 daily and 12 monthly" in dialog.plan_note.text()
+
+
+async def test_unticking_automatic_backups_creates_neither(ui, qtbot, tmp_path):
+    dialog = open_dialog(ui, qtbot)
+    await fill_valid_form(qtbot, dialog, "web1", tmp_path / "repo")
+    dialog.auto_backup.setFocus()
+    qtbot.keyClick(dialog.auto_backup, Qt.Key.Key_Space)
+    assert not dialog.auto_backup.isChecked()
+    # Greyed out, with the consequence spelled out.
+    assert not dialog.backup_time.isEnabled()
+    assert not any(spin.isEnabled() for spin in dialog.keep.values())
+    assert "forget keeps every snapshot" in dialog.keep_hint.text()
+    host_id = await submit_and_wait_created(qtbot, dialog)
+
+    assert await ui.schedules.list_schedules(host_id) == []
+    # As before: the agent creates "default" (no retention) from the paths when it enrols.
+    assert await ui.sources.list_groups(host_id) == []
+    assert dialog.plan_state() == "off"
+    assert "Schedules and Sources tabs" in dialog.plan_note.text()
+
+
+async def test_a_schedule_with_nothing_to_keep_is_refused_at_the_field(ui, qtbot, tmp_path):
+    dialog = open_dialog(ui, qtbot)
+    await fill_valid_form(qtbot, dialog, "web1", tmp_path / "repo")
+    for spin in dialog.keep.values():
+        spin.setValue(0)
+    click(qtbot, dialog.submit_button)
+    errors = dialog.shown_errors()
+    assert list(errors) == ["keep"]
+    assert "at least one of daily, weekly or monthly" in errors["keep"]
+    assert dialog.focusWidget() is dialog.keep["keep_daily"]
+    assert dialog.pages.currentWidget() is dialog.form_page
+    assert ui.runner.pending() == 0
+    assert await ui.hosts.list_hosts() == []
+
+    # Changing a rule clears the stale message.
+    dialog.keep["keep_monthly"].setValue(6)
+    assert dialog.shown_errors() == {}
+    dialog.keep["keep_monthly"].setValue(0)
+
+    # Unticked, all-zero rules are fine: nothing is applied.
+    dialog.auto_backup.setChecked(False)
+    host_id = await submit_and_wait_created(qtbot, dialog)
+    assert await ui.schedules.list_schedules(host_id) == []
+    assert await ui.sources.list_groups(host_id) == []
+
+
+async def test_automatic_backups_need_initial_paths(ui, qtbot, tmp_path):
+    dialog = open_dialog(ui, qtbot)
+    qtbot.keyClicks(dialog.hostname, "web1")
+    qtbot.keyClicks(dialog.repo_url, str(tmp_path / "repo"))
+    qtbot.keyClicks(dialog.repo_password.edit, PASSWORD)
+    click(qtbot, dialog.submit_button)
+    errors = dialog.shown_errors()
+    assert list(errors) == ["schedule"]
+    assert "need something to back up" in errors["schedule"]
+    assert dialog.focusWidget() is dialog.auto_backup
+    assert await ui.hosts.list_hosts() == []
+
+    type_lines(qtbot, dialog.paths, ["/srv"])
+    host_id = await submit_and_wait_created(qtbot, dialog)
+    (schedule,) = await ui.schedules.list_schedules(host_id)
+    assert schedule.cron == "0 2 * * *"
+
+
+@pytest.mark.parametrize("step", ["group", "schedule"])
+async def test_when_the_plan_cannot_be_applied_the_host_and_its_commands_remain(
+    ui, qtbot, tmp_path, monkeypatch, step
+):
+    # The real services refuse for real: their per-host limits drop to zero.
+    if step == "group":
+        monkeypatch.setattr("server_core.services.sources.MAX_GROUPS_PER_HOST", 0)
+    else:
+        monkeypatch.setattr("server_core.services.schedules.MAX_SCHEDULES_PER_HOST", 0)
+    dialog = open_dialog(ui, qtbot)
+    await fill_valid_form(qtbot, dialog, "web1", tmp_path / "repo")
+    host_id = await submit_and_wait_created(qtbot, dialog)
+
+    assert [h.name for h in await ui.hosts.list_hosts()] == ["web1"]
+    assert dialog.pages.currentWidget() is dialog.result_page
+    assert dialog.grant is not None and dialog.grant.token in dialog.commands.linux.toPlainText()
+    assert dialog.commands.copy_linux.isEnabled()
+    assert dialog.plan_state() == "failed"
+    note = dialog.plan_note.text()
+    assert "at most 0" in note  # the service's own reason
+    assert "The host was added" in note and "Schedules tab" in note
+    assert await ui.schedules.list_schedules(host_id) == []
+    groups = await ui.sources.list_groups(host_id)
+    if step == "group":
+        assert "Schedule and retention were not set" in note
+        assert "from the initial paths when it enrols" in note
+        assert groups == []
+    else:
+        assert "No schedule was created" in note
+        assert [g.retention for g in groups] == [DEFAULT_RETENTION]
+
+
 # -- the result page, through to a real agent ------------------------------------
 
 
@@ -316,6 +501,12 @@ async def test_add_host_through_to_an_enrolled_agent(ui, qtbot, control_plane, t
 
     groups = await ui.hosts.list_source_groups(host_id)
     assert [(g.name, g.includes) for g in groups] == [("default", ["/etc", "/var/lib/app"])]
+    # Enrolment kept the group the dialog created (with its retention) and its schedule.
+    assert groups[0].retention == DEFAULT_RETENTION
+    assert [s.source_group_ids for s in await ui.schedules.list_schedules(host_id)] == [
+        [groups[0].id]
+    ]
+    assert await ui.schedules.conflicts(host_id) == []
     actions = [e.action for e in await control_plane.store.call(list_audit, limit=50)]
     assert "enrolment_token.regenerated" in actions and "enrolment_token.revoked" in actions
 
@@ -400,7 +591,11 @@ async def test_closing_with_work_in_flight_is_harmless(ui, qtbot, tmp_path):
     dialog.close()  # deleted on close, before add_host returns
     await ui.runner.drain()
     await asyncio.sleep(0.3)  # the bridge's coalesced signal reaches no dead widget
-    assert [h.name for h in await ui.hosts.list_hosts()] == ["web6"]
+    (host,) = await ui.hosts.list_hosts()
+    assert host.name == "web6"
+    # The schedule and retention are applied even though nobody is looking any more.
+    assert [s.cron for s in await ui.schedules.list_schedules(host.id)] == ["0 2 * * *"]
+    assert await ui.schedules.conflicts(host.id) == []
 
 
 @pytest.mark.skipif(os.environ.get("QT_QPA_PLATFORM") != "offscreen", reason="offscreen only")
@@ -408,5 +603,9 @@ async def test_screenshots_render(ui, tmp_path):
     from tests.e2e.screenshot_add_host import render_with
 
     paths = await render_with(ui, tmp_path)
-    assert [p.name for p in paths] == ["add-host-form.png", "add-host-result.png"]
+    assert [p.name for p in paths] == [
+        "add-host-form.png",
+        "add-host-keep-error.png",
+        "add-host-result.png",
+    ]
     assert all(p.stat().st_size > 10_000 for p in paths)
