@@ -31,6 +31,7 @@ from agent.enrol import OUTBOX_FILE_NAME, pin_ssl, secrets_file_for
 from agent.jobs import JobRunner, JobSettings, ResticBinary, locate_restic
 from agent.outbox import Outbox, OutboxError
 from agent.redact import Redactor
+from agent.scheduler import STATE_FILE_NAME, TICK_S, Scheduler
 from agent.secrets_file import SecretsError, SecretsFile
 from agent.version import __version__
 
@@ -103,6 +104,7 @@ class AgentClient:
         jobs: JobRunner,
         restic_version: str | None,
         schedule_version: int = 0,
+        on_schedule_set: Callable[[protocol.ScheduleSet], None] | None = None,
         heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL_S,
         backoff_initial: float = BACKOFF_INITIAL_S,
         backoff_max: float = BACKOFF_MAX_S,
@@ -119,6 +121,7 @@ class AgentClient:
         self._jobs = jobs
         self._restic_version = restic_version
         self._schedule_version = schedule_version
+        self._on_schedule_set = on_schedule_set
         self._heartbeat_interval = heartbeat_interval
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -345,6 +348,8 @@ class AgentClient:
                 schedule=protocol.to_dict(message), schedule_version=message.version
             )
             self._schedule_version = message.version
+            if self._on_schedule_set is not None:
+                self._on_schedule_set(message)
             log.info(
                 "schedule set v%d received (%d schedules, %d source groups)",
                 message.version,
@@ -404,7 +409,12 @@ class AgentClient:
             restore_dir=message.restore_dir,
         )
         self._jobs.update_settings(
-            JobSettings(repository=message.repository, bandwidth=message.bandwidth)
+            JobSettings(
+                repository=message.repository,
+                bandwidth=message.bandwidth,
+                default_pre_hook=message.default_pre_hook,
+                default_post_hook=message.default_post_hook,
+            )
         )
         log.info(
             "configuration updated (repository %s)",
@@ -521,6 +531,7 @@ class Agent:
         backoff_max: float = BACKOFF_MAX_S,
         grace_seconds: float = 10.0,
         shutdown_drain_seconds: float = SHUTDOWN_DRAIN_S,
+        scheduler_tick: float = TICK_S,
         rng: random.Random | None = None,
     ) -> None:
         stored = secrets.load()
@@ -544,6 +555,16 @@ class Agent:
             hostname=config.hostname,
             grace_seconds=grace_seconds,
         )
+        schedule_set = schedule_from_secrets(stored)
+        self.jobs.update_schedule_set(schedule_set)
+        # The last schedule set the control plane sent: the agent fires
+        # backups from it whether or not the control plane is reachable.
+        self.scheduler = Scheduler(
+            jobs=self.jobs,
+            state_path=Path(config.state_dir) / STATE_FILE_NAME,
+            schedule_set=schedule_set,
+            tick=scheduler_tick,
+        )
         schedule_version = stored.get("schedule_version")
         self.client = AgentClient(
             config=config,
@@ -554,12 +575,17 @@ class Agent:
             jobs=self.jobs,
             restic_version=str(restic.version) if restic is not None else None,
             schedule_version=schedule_version if isinstance(schedule_version, int) else 0,
+            on_schedule_set=self._on_schedule_set,
             heartbeat_interval=heartbeat_interval,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             rng=rng,
         )
         self._shutdown_drain_seconds = shutdown_drain_seconds
+
+    def _on_schedule_set(self, schedule_set: protocol.ScheduleSet) -> None:
+        self.jobs.update_schedule_set(schedule_set)
+        self.scheduler.replace(schedule_set)
 
     @classmethod
     async def open(cls, config_path: Path, **kwargs: Any) -> Agent:
@@ -597,20 +623,42 @@ class Agent:
             )
         client_stop = asyncio.Event()
         client_task = asyncio.create_task(self.client.run(client_stop), name="agent-client")
+        scheduler_stop = asyncio.Event()
+        scheduler_task = asyncio.create_task(
+            self.scheduler.run(scheduler_stop), name="agent-scheduler"
+        )
         try:
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait([stopper, client_task], return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             log.info("shutting down")
+            # No new scheduled job may start while the running ones are cancelled.
+            scheduler_stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler_task
             await self.jobs.shutdown()
             # Give the final job events a moment to reach the server; whatever
             # does not make it is replayed from the outbox on the next start.
             await self.client.drain(self._shutdown_drain_seconds)
         finally:
+            scheduler_stop.set()
             client_stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler_task
             with contextlib.suppress(asyncio.CancelledError):
                 await client_task
             self.outbox.close()
+
+
+def schedule_from_secrets(stored: dict[str, Any]) -> protocol.ScheduleSet | None:
+    raw = stored.get("schedule")
+    if raw is None:
+        return None
+    try:
+        return protocol.from_dict(protocol.ScheduleSet, raw)
+    except protocol.ProtocolError as exc:
+        log.warning("ignored an unreadable stored schedule set (%s); waiting for a new one", exc)
+        return None
 
 
 def settings_from_secrets(stored: dict[str, Any]) -> JobSettings:
@@ -628,7 +676,19 @@ def settings_from_secrets(stored: dict[str, Any]) -> JobSettings:
             bandwidth = protocol.from_dict(protocol.Bandwidth, raw_bw)
         except protocol.ProtocolError:
             log.warning("ignored stored bandwidth limits that cannot be read")
-    return JobSettings(repository=repository, bandwidth=bandwidth)
+    hooks = {
+        name: value if isinstance(value, str) else None
+        for name, value in (
+            ("default_pre_hook", stored.get("default_pre_hook")),
+            ("default_post_hook", stored.get("default_post_hook")),
+        )
+    }
+    return JobSettings(
+        repository=repository,
+        bandwidth=bandwidth,
+        default_pre_hook=hooks["default_pre_hook"],
+        default_post_hook=hooks["default_post_hook"],
+    )
 
 
 async def run_agent(

@@ -20,16 +20,19 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from agent import protocol
+from agent import platform_info, protocol
+from agent.hooks import HOOK_GRACE_S, HOOK_TIMEOUT_S, HookResult, hook_env, run_hook
 from agent.redact import Redactor
 from agent.restic import commands as rc
 from agent.restic import errors as rerrors
 from agent.restic import parse as rparse
 from agent.restic.runner import RepoLocks, ResticResult, run_restic
 from agent.restic.version import ResticNotFound, ResticVersion, detect_version, find_restic
+from agent.retry import attempt_of, retry_delay
 from agent.version import __version__
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,22 @@ RECENT_JOBS = 1000
 
 _CREATED_RE = re.compile(r"^created restic repository (\w+) at ")
 
+NO_GROUPS_ERROR = (
+    "this agent has not received its source groups from the control plane yet, so it "
+    "does not know which retention to apply"
+)
+LOCKED_ADVICE = (
+    "the repository is locked, probably by a restic process that was killed; if no other "
+    "restic is running on it, unlock it from the Repo tab"
+)
+# A post-hook after a cancel usually undoes what the pre-hook did (restart a
+# stopped service); it runs, but must not hold up an agent shutdown for long.
+POST_HOOK_AFTER_CANCEL_S = 60.0
+# restic 0.18 exits 0 when an append-only server refuses to delete a snapshot.
+_NOT_REMOVED_RE = re.compile(r"unable to remove \S+ from the repository")
+
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
-RepoStatus = Literal["ready", "init_failed"]
+RepoStatus = Literal["ready", "init_failed", "locked"]
 Emit = Callable[[protocol.Message], None]
 
 
@@ -79,6 +96,52 @@ class JobSettings:
 
     repository: protocol.RepoCredentials | None = None
     bandwidth: protocol.Bandwidth = field(default_factory=protocol.Bandwidth)
+    default_pre_hook: str | None = None
+    default_post_hook: str | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a job ended, for whoever started it (the scheduler plans retries)."""
+
+    job_id: str
+    status: FinalStatus
+    # Wall-clock time of the next attempt this job's log announced, if any.
+    retry_at: float | None = None
+
+
+def effective_bandwidth(
+    host: protocol.Bandwidth, override: protocol.Bandwidth | None
+) -> protocol.Bandwidth:
+    """A per-run override wins field by field; a field it leaves None keeps the host cap."""
+    if override is None:
+        return host
+    return protocol.Bandwidth(
+        upload_kib_s=(
+            override.upload_kib_s if override.upload_kib_s is not None else host.upload_kib_s
+        ),
+        download_kib_s=(
+            override.download_kib_s if override.download_kib_s is not None else host.download_kib_s
+        ),
+    )
+
+
+def run_bandwidth(cmd: protocol.CommandRun) -> protocol.Bandwidth | None:
+    """The per-run cap of a command: ``bandwidth``, else ``args["bandwidth"]``.
+
+    The control plane stores a one-off cap with the job's args; either place
+    is honoured so the two sides need not agree on one.
+    """
+    if cmd.bandwidth is not None:
+        return cmd.bandwidth
+    raw = cmd.args.get("bandwidth")
+    if raw is None:
+        return None
+    try:
+        return protocol.from_dict(protocol.Bandwidth, raw)
+    except protocol.ProtocolError as exc:
+        log.warning("job %s: ignored an unreadable per-run bandwidth cap: %s", cmd.job_id, exc)
+        return None
 
 
 @dataclass(frozen=True)
@@ -153,10 +216,20 @@ class _JobDeps:
 class _Job:
     """One running job: numbering, log batching and progress throttling."""
 
-    def __init__(self, deps: _JobDeps, cmd: protocol.CommandRun) -> None:
+    def __init__(
+        self, deps: _JobDeps, cmd: protocol.CommandRun, schedule_id: int | None = None
+    ) -> None:
         self._deps = deps
         self.cmd = cmd
         self.job_id = cmd.job_id
+        self.schedule_id = schedule_id
+        # Credentials sent for this job only (the admin slot) are scrubbed
+        # from its log by a redactor that dies with the job.
+        self.redactor = (
+            deps.redactor.with_credentials(cmd.credentials)
+            if cmd.credentials is not None
+            else deps.redactor
+        )
         self.cancel = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._lines: list[protocol.LogLine] = []
@@ -183,7 +256,7 @@ class _Job:
     # -- logs ------------------------------------------------------------
 
     def log(self, stream: protocol.LogStream, text: str) -> None:
-        text = self._deps.redactor.line(text.rstrip("\r\n"))
+        text = self.redactor.line(text.rstrip("\r\n"))
         line = protocol.LogLine(seq=self.seq(), ts=self._deps.clock(), stream=stream, text=text)
         self._lines.append(line)
         self.lines_written += 1
@@ -268,9 +341,13 @@ class JobRunner:
         log_batch_lines: int = LOG_BATCH_LINES,
         progress_interval: float = PROGRESS_INTERVAL_S,
         probe_timeout: float = PROBE_TIMEOUT_S,
+        hook_timeout: float = HOOK_TIMEOUT_S,
+        hook_grace: float = HOOK_GRACE_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._probe_timeout = probe_timeout
+        self._hook_timeout = hook_timeout
+        self._hook_grace = hook_grace
         self._emit = emit
         self._store = store
         self._state_dir = state_dir
@@ -287,12 +364,15 @@ class JobRunner:
         )
         self._settings = JobSettings()
         self._locks = locks or RepoLocks()
-        self._hostname = hostname
+        # Backups and forget must name the same host, or forget would never
+        # match what the backups wrote.
+        self._hostname = platform_info.hostname(hostname)
+        self._schedule: protocol.ScheduleSet | None = None
         self._agent_version = agent_version
         self._grace_seconds = grace_seconds
         self._clock = clock
         self._jobs: dict[str, _Job] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[JobResult | None]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self.update_settings(settings or JobSettings())
 
@@ -304,18 +384,32 @@ class JobRunner:
     def cache_dir(self) -> Path:
         return self._state_dir / "cache"
 
+    @property
+    def hostname(self) -> str:
+        """The host name this agent's snapshots carry (restic --host)."""
+        return self._hostname
+
     def update_settings(self, settings: JobSettings) -> None:
         """Apply a new ``config.update``; running jobs keep what they started with."""
         self._redactor.add_credentials(settings.repository)
         self._settings = settings
+
+    def update_schedule_set(self, schedule_set: protocol.ScheduleSet | None) -> None:
+        """The source groups (and their retention) forget applies from now on."""
+        self._schedule = schedule_set
 
     def running_job_ids(self) -> list[str]:
         return list(self._tasks)
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self, cmd: protocol.CommandRun) -> asyncio.Task[None]:
-        """Start a job in the background; a duplicate ``command.run`` is ignored."""
+    def start(
+        self, cmd: protocol.CommandRun, *, schedule_id: int | None = None
+    ) -> asyncio.Task[JobResult | None]:
+        """Start a job in the background; a duplicate ``command.run`` is ignored.
+
+        The task's result says how the job ended (None for an ignored repeat).
+        """
         existing = self._tasks.get(cmd.job_id)
         if existing is not None:
             log.info("job %s is already running; ignored a repeated command.run", cmd.job_id)
@@ -325,15 +419,17 @@ class JobRunner:
             # job's events from the outbox; running it twice would not help.
             log.info("job %s already ran; ignored a repeated command.run", cmd.job_id)
             return asyncio.create_task(_noop(), name=f"job-{cmd.job_id}-repeat")
-        job = _Job(self._deps, cmd)
+        job = _Job(self._deps, cmd, schedule_id)
         self._jobs[cmd.job_id] = job
         task = asyncio.create_task(self._run(job), name=f"job-{cmd.job_id}")
         self._tasks[cmd.job_id] = task
         return task
 
-    async def run(self, cmd: protocol.CommandRun) -> None:
-        """Run a job to its end (what tests and the scheduler await)."""
-        await self.start(cmd)
+    async def run(
+        self, cmd: protocol.CommandRun, *, schedule_id: int | None = None
+    ) -> JobResult | None:
+        """Run a job to its end (what tests await)."""
+        return await self.start(cmd, schedule_id=schedule_id)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a running job; a job this agent never started is reported
@@ -413,7 +509,7 @@ class JobRunner:
             )
         )
 
-    async def _run(self, job: _Job) -> None:
+    async def _run(self, job: _Job) -> JobResult | None:
         cmd = job.cmd
         try:
             self._store.mark_running(cmd.job_id, cmd.kind)
@@ -425,9 +521,14 @@ class JobRunner:
                     actor=cmd.actor,
                     started_at=self._clock(),
                     source_group_id=cmd.source_group.id if cmd.source_group else None,
+                    schedule_id=job.schedule_id,
+                    args=_public_args(cmd.args),
                 )
             )
             log.info("job %s (%s, %s) started", cmd.job_id, cmd.kind, cmd.actor)
+            origin = _origin_line(cmd)
+            if origin is not None:
+                job.log("agent", origin)
             outcome = await self._execute(job)
         except asyncio.CancelledError:
             self._finish_safely(job, _Outcome(status="cancelled"))
@@ -435,25 +536,27 @@ class JobRunner:
         except Exception as exc:
             log.exception("job %s failed inside the agent", cmd.job_id)
             outcome = _Outcome(status="failed", error=f"internal agent error: {exc}")
-        self._finish_safely(job, outcome)
+        return self._finish_safely(job, outcome)
 
-    def _finish_safely(self, job: _Job, outcome: _Outcome) -> None:
+    def _finish_safely(self, job: _Job, outcome: _Outcome) -> JobResult | None:
         try:
-            self._finish(job, outcome)
+            return self._finish(job, outcome)
         except Exception:
             # The job stays marked running and is reported as interrupted by
             # the next start; nothing better can be done without the outbox.
             log.exception("could not record the end of job %s", job.job_id)
+            return None
 
-    def _finish(self, job: _Job, outcome: _Outcome) -> None:
+    def _finish(self, job: _Job, outcome: _Outcome) -> JobResult:
         try:
             job.flush_progress()
             if outcome.status == "cancelled":
                 job.log("agent", "job cancelled")
             elif outcome.status == "failed" and outcome.error:
                 job.log("agent", f"job failed: {outcome.error}")
+            retry_at = self._plan_retry(job) if outcome.status == "failed" else None
             job.flush_logs()
-            error = self._redactor.redact(outcome.error) if outcome.error else None
+            error = job.redactor.redact(outcome.error) if outcome.error else None
             job.emit(
                 protocol.JobFinished(
                     job_id=job.job_id,
@@ -478,6 +581,36 @@ class JobRunner:
             )
         finally:
             self._forget(job)
+        return JobResult(job_id=job.job_id, status=outcome.status, retry_at=retry_at)
+
+    def _plan_retry(self, job: _Job) -> float | None:
+        """Announce (in the failed job's log) when a scheduled backup is tried again.
+
+        The scheduler carries the retry out; it lives in memory only, so an
+        agent restart drops it and the schedule's next window (caught up once
+        if it passes while the agent is down) backs the group up instead.
+        """
+        cmd = job.cmd
+        group = cmd.source_group
+        if cmd.kind != "backup" or cmd.actor != "schedule" or group is None:
+            return None
+        attempt = attempt_of(cmd.args)
+        delay = retry_delay(attempt, group.retry_max, group.retry_backoff_seconds)
+        if delay is None:
+            if group.retry_max > 0:
+                job.log(
+                    "agent",
+                    f"no retry: all {group.retry_max} retries of this scheduled backup failed",
+                )
+            return None
+        retry_at = self._clock() + delay
+        when = datetime.fromtimestamp(retry_at).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+        job.log(
+            "agent",
+            f"retry {attempt} of {group.retry_max} will run at {when} "
+            f"(in {_human_duration(delay)}) unless the agent restarts first",
+        )
+        return retry_at
 
     def _forget(self, job: _Job) -> None:
         job.close()
@@ -497,6 +630,9 @@ class JobRunner:
             "snapshots": self._do_snapshots,
             "stats": self._do_stats,
             "unlock": self._do_unlock,
+            "forget": self._do_forget,
+            "prune": self._do_prune,
+            "check": self._do_check,
         }.get(kind)
         if handler is None:
             return _Outcome(
@@ -521,13 +657,13 @@ class JobRunner:
                 "restic was not found on this host: install restic or set restic_path in "
                 "the agent config, then restart the agent"
             )
+        # Admin credentials come with the job that needs them and go with it
+        # (the job's own redactor scrubs them from its log); nothing here
+        # writes them anywhere.
         creds = job.cmd.credentials or self._settings.repository
         if creds is None:
             raise _JobFailed(NO_CREDENTIALS_ERROR)
-        # Admin credentials live only as long as this job, but their
-        # secrets must never show up in its log either.
-        self._redactor.add_credentials(creds)
-        bandwidth = job.cmd.bandwidth or self._settings.bandwidth
+        bandwidth = effective_bandwidth(self._settings.bandwidth, run_bandwidth(job.cmd))
         opts = rc.GlobalOptions(
             binary=self._restic.path,
             cache_dir=str(self.cache_dir),
@@ -614,7 +750,7 @@ class JobRunner:
                 relay.cancel()
         if timed_out and not job.cancel.is_set():
             lines = [ln for ln in (result.stderr_tail or "").splitlines() if ln.strip()]
-            last = _cap(self._redactor.redact(lines[-1].strip()), MAX_ERROR_BYTES) if lines else ""
+            last = _cap(job.redactor.redact(lines[-1].strip()), MAX_ERROR_BYTES) if lines else ""
             raise _JobFailed(
                 f"restic did not finish within {time_limit:.0f} s"
                 + (f"; it last said: {last}" if last else ""),
@@ -639,7 +775,7 @@ class JobRunner:
                 kind = rerrors.classify(result.exit_code, result.stderr_tail, repo.restic.version)
                 if kind is not rerrors.ResticErrorKind.ALREADY_INITIALISED:
                     raise _JobFailed(
-                        self._error_text(result), result.exit_code, repo_status="init_failed"
+                        self._error_text(job, result), result.exit_code, repo_status="init_failed"
                     )
                 job.log("agent", "the repository is already initialised; checking access")
             # Always prove the password and URL work, whether we created the
@@ -650,7 +786,7 @@ class JobRunner:
             )
             if probe.exit_code != 0:
                 raise _JobFailed(
-                    self._error_text(probe), probe.exit_code, repo_status="init_failed"
+                    self._error_text(job, probe), probe.exit_code, repo_status="init_failed"
                 )
             job.log("agent", "the repository is ready: its password and URL work")
             await self._refresh(job, repo)
@@ -684,12 +820,52 @@ class JobRunner:
             tags=[group.name],
             host=self._hostname,
         )
+        pre_hook, post_hook = self._hooks_for(group)
+        async with self._repo_lock(job, repo):
+            # Hooks run inside the repository lock: a dump made by the
+            # pre-hook must not wait (and go stale) behind another job.
+            outcome: _Outcome | None = None
+            failure: _JobFailed | None = None
+            cancelled = snapshot_made = False
+            try:
+                if pre_hook is not None:
+                    await self._pre_hook(job, pre_hook, group)
+                outcome, snapshot_made = await self._backup_restic(job, repo, command)
+            except _JobFailed as exc:
+                failure = exc
+            except _JobCancelled:
+                cancelled = True
+            if post_hook is not None:
+                # Always, whatever happened since the lock was taken: the
+                # post-hook usually undoes the pre-hook (restarts a service).
+                post_ok = await self._post_hook(
+                    job, post_hook, group, succeeded=outcome is not None, cancelled=cancelled
+                )
+                if not post_ok and outcome is not None:
+                    outcome.warnings = True
+                    outcome.error = "; ".join(
+                        filter(None, [outcome.error, "the post-hook failed (see the log)"])
+                    )
+            if snapshot_made and not job.cancel.is_set():
+                # Reported before job.finished, so the app shows the new
+                # snapshot by the time it shows the job as done.
+                await self._refresh(job, repo)
+        if cancelled:
+            raise _JobCancelled()
+        if failure is not None:
+            raise failure
+        assert outcome is not None
+        return outcome
+
+    async def _backup_restic(
+        self, job: _Job, repo: _Repo, command: rc.ResticCommand
+    ) -> tuple[_Outcome, bool]:
         summaries: list[rparse.BackupSummary] = []
 
         def on_output(stream: protocol.LogStream, line: str) -> None:
             parsed = rparse.parse_backup_line(line)
             if isinstance(parsed, rparse.BackupProgress):
-                job.progress(_progress(parsed, self._redactor))
+                job.progress(_progress(parsed, job.redactor))
             elif isinstance(parsed, rparse.BackupSummary):
                 summaries.append(parsed)
             elif isinstance(parsed, rparse.BackupError):
@@ -697,32 +873,266 @@ class JobRunner:
             elif line.strip():
                 job.log(stream, _json_message(line) or line)
 
-        async with self._repo_lock(job, repo):
-            result = await self._restic_run(
-                job,
-                command,
-                on_stdout=lambda line: on_output("stdout", line),
-                on_stderr=lambda line: on_output("stderr", line),
-            )
-            summary = summaries[-1] if summaries else None
-            if summary is not None:
-                job.log("agent", _summary_line(summary))
-            if result.exit_code not in (0, 3):
-                raise _JobFailed(self._failure_text(result, repo), result.exit_code)
-            warnings = result.exit_code == 3
-            if warnings:
-                job.log("agent", "some files could not be read; the snapshot is incomplete")
-            if summary is not None and summary.snapshot_id:
-                # Reported before job.finished, so the app shows the new
-                # snapshot by the time it shows the job as done.
-                await self._refresh(job, repo)
-        return _Outcome(
+        result = await self._restic_run(
+            job,
+            command,
+            on_stdout=lambda line: on_output("stdout", line),
+            on_stderr=lambda line: on_output("stderr", line),
+        )
+        summary = summaries[-1] if summaries else None
+        if summary is not None:
+            job.log("agent", _summary_line(summary))
+        if result.exit_code not in (0, 3):
+            raise self._failure(job, result, repo)
+        warnings = result.exit_code == 3
+        if warnings:
+            job.log("agent", "some files could not be read; the snapshot is incomplete")
+        outcome = _Outcome(
             status="succeeded",
             exit_code=result.exit_code,
             warnings=warnings,
             error="some files could not be read" if warnings else None,
             summary=summary.to_dict() if summary is not None else None,
         )
+        return outcome, summary is not None and bool(summary.snapshot_id)
+
+    # hooks -----------------------------------------------------------------
+
+    def _hooks_for(self, group: protocol.SourceGroupSpec) -> tuple[str | None, str | None]:
+        """Each hook of the group, else the host's default for that slot."""
+        pre = group.pre_hook if _has_text(group.pre_hook) else self._settings.default_pre_hook
+        post = group.post_hook if _has_text(group.post_hook) else self._settings.default_post_hook
+        return (pre if _has_text(pre) else None, post if _has_text(post) else None)
+
+    async def _pre_hook(self, job: _Job, command: str, group: protocol.SourceGroupSpec) -> None:
+        result = await self._run_hook(
+            job, "pre", command, self._hook_vars(job, group), job.cancel, self._hook_timeout
+        )
+        if result.cancelled:
+            raise _JobCancelled()
+        if not result.ok:
+            raise _JobFailed(
+                f"the pre-hook {result.describe(self._hook_timeout)}; the backup did not run",
+                exit_code=result.exit_code,
+            )
+
+    async def _post_hook(
+        self,
+        job: _Job,
+        command: str,
+        group: protocol.SourceGroupSpec,
+        *,
+        succeeded: bool,
+        cancelled: bool,
+    ) -> bool:
+        env = self._hook_vars(job, group)
+        env["RM_JOB_STATUS"] = "succeeded" if succeeded else "failed"
+        if cancelled:
+            env["RM_JOB_CANCELLED"] = "1"
+            # The job's cancel already fired; a fresh event keeps the hook
+            # alive, and a short limit keeps a shutdown from hanging on it.
+            timeout = min(self._hook_timeout, POST_HOOK_AFTER_CANCEL_S)
+            result = await self._run_hook(job, "post", command, env, asyncio.Event(), timeout)
+        else:
+            timeout = self._hook_timeout
+            result = await self._run_hook(job, "post", command, env, job.cancel, timeout)
+        if not result.ok:
+            job.log("agent", f"warning: the post-hook {result.describe(timeout)}")
+        return result.ok
+
+    def _hook_vars(self, job: _Job, group: protocol.SourceGroupSpec) -> dict[str, str]:
+        return {"RM_JOB_ID": job.job_id, "RM_SOURCE_GROUP": group.name}
+
+    async def _run_hook(
+        self,
+        job: _Job,
+        phase: Literal["pre", "post"],
+        command: str,
+        variables: dict[str, str],
+        cancel: asyncio.Event,
+        time_limit: float,
+    ) -> HookResult:
+        prefix = f"hook({phase}): "
+        job.log("agent", f"running the {phase}-hook")
+        try:
+            result = await run_hook(
+                command,
+                env=hook_env(os.environ, variables),
+                on_line=lambda line: job.log("hook", prefix + line),
+                cancel=cancel,
+                time_limit=time_limit,
+                grace=self._hook_grace,
+            )
+        except OSError as exc:
+            job.log("agent", f"the {phase}-hook could not be started: {exc}")
+            return HookResult(exit_code=127)
+        if result.ok:
+            job.log("agent", f"the {phase}-hook succeeded")
+        return result
+
+    # maintenance -------------------------------------------------------------
+
+    async def _do_forget(self, job: _Job) -> _Outcome:
+        groups = self._forget_groups(job)
+        repo = self._prepare(job)
+        results: list[dict[str, object]] = []
+        failures: list[str] = []
+        ran = 0
+        async with self._repo_lock(job, repo):
+            try:
+                for group in groups:
+                    if group.retention.is_empty():
+                        job.log(
+                            "agent",
+                            f"group {group.name}: no retention policy set; "
+                            "all its snapshots are kept",
+                        )
+                        continue
+                    problem, counts = await self._forget_group(job, repo, group)
+                    ran += 1
+                    if problem is not None:
+                        failures.append(f"group {group.name}: {problem.error}")
+                        job.log("agent", f"group {group.name}: forget failed: {problem.error}")
+                        if problem.repo_status == "locked":
+                            # Every other group would hit the same lock.
+                            raise problem
+                        continue
+                    results.append(
+                        {
+                            "group": group.name,
+                            "kept": counts.kept if counts else None,
+                            "removed": counts.removed if counts else None,
+                        }
+                    )
+            finally:
+                if ran and not job.cancel.is_set():
+                    await self._refresh(job, repo)
+        if failures:
+            raise _JobFailed(_cap("forget failed for " + "; ".join(failures), MAX_ERROR_BYTES))
+        if not ran:
+            job.log("agent", "no source group has a retention policy: nothing to forget")
+        removed = sum(r["removed"] for r in results if isinstance(r["removed"], int))
+        return _Outcome(
+            status="succeeded", exit_code=0, summary={"groups": results, "removed": removed}
+        )
+
+    async def _forget_group(
+        self, job: _Job, repo: _Repo, group: protocol.SourceGroupSpec
+    ) -> tuple[_JobFailed | None, rparse.ForgetResult | None]:
+        """One ``restic forget`` for one group's tag: (failure, counts)."""
+        try:
+            command = repo.build(
+                rc.forget_cmd,
+                tag=group.name,
+                host=self._hostname,
+                **_retention_kwargs(group.retention),
+            )
+        except _JobFailed as exc:
+            return exc, None
+        job.log(
+            "agent",
+            f"group {group.name}: forget snapshots tagged {group.name!r} from host "
+            f"{self._hostname!r}, {_retention_text(group.retention)}",
+        )
+        out: list[str] = []
+        result = await self._restic_run(job, command, on_stdout=out.append)
+        problem = self._forget_problem(job, result, repo)
+        if problem is not None:
+            return problem, None
+        try:
+            counts = rparse.parse_forget("\n".join(out))
+        except rparse.ResticOutputError as exc:
+            job.log("agent", f"group {group.name}: could not read restic's answer: {exc}")
+            return None, None
+        job.log(
+            "agent",
+            f"group {group.name}: kept {counts.kept}, removed {counts.removed} snapshot(s)",
+        )
+        return None, counts
+
+    def _forget_groups(self, job: _Job) -> list[protocol.SourceGroupSpec]:
+        """Which tags to forget with which retention: the job's own group, else
+        the groups the control plane listed with the job (retention as it was
+        when the job went out), else the groups of the current schedule set."""
+        if job.cmd.source_group is not None:
+            return [job.cmd.source_group]
+        listed = job.cmd.args.get("groups")
+        if listed is not None:
+            return _groups_from_args(listed)
+        if self._schedule is None:
+            raise _JobFailed(NO_GROUPS_ERROR)
+        return list(self._schedule.source_groups)
+
+    def _forget_problem(self, job: _Job, result: ResticResult, repo: _Repo) -> _JobFailed | None:
+        if result.exit_code != 0:
+            return self._failure(job, result, repo)
+        refused = _NOT_REMOVED_RE.findall(result.stderr_tail or "")
+        if refused:
+            # restic 0.18 reports success when the server refused to delete.
+            return _JobFailed(
+                f"the repository refused to delete {len(refused)} snapshot(s) (an append-only "
+                f"server needs the admin credential for forget): {self._error_text(job, result)}",
+                result.exit_code,
+            )
+        return None
+
+    async def _do_prune(self, job: _Job) -> _Outcome:
+        repo = self._prepare(job)
+        async with self._repo_lock(job, repo):
+            result = await self._restic_run(job, repo.build(rc.prune_cmd))
+            if result.exit_code != 0:
+                raise self._failure(job, result, repo)
+            if _NOT_REMOVED_RE.search(result.stderr_tail or ""):
+                raise _JobFailed(
+                    "the repository refused to delete data (an append-only server needs the "
+                    f"admin credential for prune): {self._error_text(job, result)}",
+                    result.exit_code,
+                )
+            await self._refresh(job, repo)
+        return _Outcome(status="succeeded", exit_code=0)
+
+    async def _do_check(self, job: _Job) -> _Outcome:
+        percent = self._check_percent(job)
+        repo = self._prepare(job)
+        command = repo.build(rc.check_cmd, read_data_subset_percent=percent)
+        errors: list[int] = []
+
+        def on_stdout(line: str) -> None:
+            data = _json_object(line)
+            if data is not None and data.get("message_type") == "summary":
+                count = data.get("num_errors")
+                errors.append(count if isinstance(count, int) else 0)
+                job.log("stdout", f"check summary: {count} error(s)")
+            elif line.strip():
+                job.log("stdout", _json_message(line) or line)
+
+        async with self._repo_lock(job, repo):
+            if percent is not None:
+                job.log("agent", f"checking the repository, reading {percent}% of its data")
+            result = await self._restic_run(job, command, on_stdout=on_stdout)
+            if result.exit_code != 0:
+                raise self._failure(job, result, repo)
+            await self._refresh(job, repo)
+        return _Outcome(
+            status="succeeded",
+            exit_code=0,
+            summary={
+                "read_data_subset_percent": percent,
+                "num_errors": errors[-1] if errors else 0,
+            },
+        )
+
+    def _check_percent(self, job: _Job) -> int | None:
+        for key in ("read_data_subset_percent", "check_subset_percent"):
+            value = job.cmd.args.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+                raise _JobFailed(f"{key} must be a whole number from 1 to 100, got {value!r}")
+            return value
+        if self._schedule is not None:
+            return self._schedule.maintenance.check_subset_percent
+        return protocol.MaintenanceSpec().check_subset_percent
 
     # snapshots / stats / unlock -------------------------------------------
 
@@ -743,8 +1153,9 @@ class JobRunner:
         async with self._repo_lock(job, repo):
             result = await self._restic_run(job, repo.build(rc.unlock_cmd))
             if result.exit_code != 0:
-                raise _JobFailed(self._failure_text(result, repo), result.exit_code)
-        return _Outcome(status="succeeded", exit_code=0)
+                raise self._failure(job, result, repo)
+        job.log("agent", "stale locks removed; the repository is ready")
+        return _Outcome(status="succeeded", exit_code=0, repo_status="ready")
 
     async def _refresh(self, job: _Job, repo: _Repo) -> None:
         """Report snapshots and repo size; a failure here does not fail the job."""
@@ -755,21 +1166,22 @@ class JobRunner:
         out: list[str] = []
         result = await self._restic_run(job, repo.build(rc.snapshots_cmd), out.append)
         snapshots: list[protocol.SnapshotInfo] | None = None
-        problem = "listing snapshots failed"
+        problem = _JobFailed("listing snapshots failed", result.exit_code)
         if result.exit_code == 0:
             try:
                 parsed = rparse.parse_snapshots("\n".join(out))
-                snapshots = [_snapshot_info(s, self._redactor) for s in parsed]
+                snapshots = [_snapshot_info(s, job.redactor) for s in parsed]
             except rparse.ResticOutputError as exc:
-                problem = (
-                    f"could not read restic's snapshot list: {self._redactor.redact(str(exc))}"
+                problem = _JobFailed(
+                    f"could not read restic's snapshot list: {job.redactor.redact(str(exc))}",
+                    result.exit_code,
                 )
         else:
-            problem = f"listing snapshots failed: {self._failure_text(result, repo)}"
+            problem = self._failure(job, result, repo, "listing snapshots failed")
         if snapshots is None:
             if strict:
-                raise _JobFailed(problem, result.exit_code)
-            job.log("agent", problem)
+                raise problem
+            job.log("agent", problem.error)
             return
         collected_at = self._clock()
         pages = _snapshot_pages(snapshots)
@@ -788,18 +1200,21 @@ class JobRunner:
         out: list[str] = []
         result = await self._restic_run(job, repo.build(rc.stats_cmd), out.append)
         stats: rparse.RepoStatsInfo | None = None
-        problem = "repository stats failed"
+        problem = _JobFailed("repository stats failed", result.exit_code)
         if result.exit_code == 0:
             try:
                 stats = rparse.parse_stats("\n".join(out))
             except rparse.ResticOutputError as exc:
-                problem = f"could not read restic's stats: {self._redactor.redact(str(exc))}"
+                problem = _JobFailed(
+                    f"could not read restic's stats: {job.redactor.redact(str(exc))}",
+                    result.exit_code,
+                )
         else:
-            problem = f"repository stats failed: {self._failure_text(result, repo)}"
+            problem = self._failure(job, result, repo, "repository stats failed")
         if stats is None:
             if strict:
-                raise _JobFailed(problem, result.exit_code)
-            job.log("agent", problem)
+                raise problem
+            job.log("agent", problem.error)
             return
         job.emit(
             protocol.RepoStatsReport(
@@ -815,20 +1230,30 @@ class JobRunner:
 
     # errors ----------------------------------------------------------------
 
-    def _error_text(self, result: ResticResult) -> str:
+    def _error_text(self, job: _Job, result: ResticResult) -> str:
         """restic's own words: its ``Fatal:`` line (or exit_error), else stderr's tail."""
         text = rerrors.error_summary(result.stderr_tail or "")
         if not text:
             text = f"restic exited with code {result.exit_code}"
-        return _cap(self._redactor.redact(text), MAX_ERROR_BYTES)
+        return _cap(job.redactor.redact(text), MAX_ERROR_BYTES)
 
-    def _failure_text(self, result: ResticResult, repo: _Repo) -> str:
+    def _failure(
+        self, job: _Job, result: ResticResult, repo: _Repo, prefix: str | None = None
+    ) -> _JobFailed:
+        """The job failure for a failed restic run; a lock is named as such,
+        with what to do about it, and marks the repository "locked"."""
         kind = rerrors.classify(result.exit_code, result.stderr_tail or "", repo.restic.version)
-        detail = self._error_text(result)
-        label = _ERROR_LABELS.get(kind)
-        if label is not None:
-            return _cap(f"{label}: {detail}", MAX_ERROR_BYTES)
-        return detail
+        detail = self._error_text(job, result)
+        repo_status: RepoStatus | None = None
+        if kind is rerrors.ResticErrorKind.LOCKED:
+            repo_status = "locked"
+            text = f"{LOCKED_ADVICE}. restic said: {detail}"
+        else:
+            label = _ERROR_LABELS.get(kind)
+            text = f"{label}: {detail}" if label is not None else detail
+        if prefix:
+            text = f"{prefix}: {text}"
+        return _JobFailed(_cap(text, MAX_ERROR_BYTES), result.exit_code, repo_status=repo_status)
 
 
 @dataclass(frozen=True)
@@ -863,7 +1288,7 @@ def _ignore(_line: str) -> None:
     return None
 
 
-async def _noop() -> None:
+async def _noop() -> JobResult | None:
     return None
 
 
@@ -904,6 +1329,99 @@ def _json_message(line: str) -> str | None:
     if data is not None and isinstance(data.get("message"), str):
         return str(data["message"])
     return None
+
+
+def _origin_line(cmd: protocol.CommandRun) -> str | None:
+    """Why the agent's own scheduler started this job, for the top of its log."""
+    window = cmd.args.get("window")
+    if not isinstance(window, str) or cmd.actor not in ("schedule", "system"):
+        return None
+    what = "backup" if cmd.kind == "backup" else cmd.kind
+    if cmd.args.get("retry_of"):
+        attempt = attempt_of(cmd.args)
+        return (
+            f"retry {attempt - 1} of the scheduled {what} for the {window} window "
+            f"(job {cmd.args.get('previous_job_id') or cmd.args['retry_of']} failed)"
+        )
+    if cmd.args.get("catch_up"):
+        return (
+            f"catch-up of the scheduled {what} for the {window} window, missed while this "
+            "host was asleep or the agent was not running"
+        )
+    return f"scheduled {what} for the {window} window"
+
+
+def _public_args(args: dict[str, Any]) -> dict[str, Any]:
+    # The control plane never puts a secret in args (credentials travel in
+    # their own field), so they can be echoed back with job.started.
+    return dict(args)
+
+
+def _groups_from_args(listed: object) -> list[protocol.SourceGroupSpec]:
+    """``args["groups"]``: ``[{"id", "name", "retention": {keep_*}}]``."""
+    if not isinstance(listed, list):
+        raise _JobFailed("args.groups must be a list of source groups")
+    groups = []
+    for index, item in enumerate(listed):
+        where = f"args.groups[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _JobFailed(f"{where} must be an object with a name")
+        group_id = item.get("id", 0)
+        try:
+            retention = protocol.from_dict(
+                protocol.Retention, item.get("retention") or {}, path=f"{where}.retention"
+            )
+        except protocol.ProtocolError as exc:
+            raise _JobFailed(str(exc)) from None
+        groups.append(
+            protocol.SourceGroupSpec(
+                id=group_id if isinstance(group_id, int) else 0,
+                name=item["name"],
+                includes=[],
+                retention=retention,
+            )
+        )
+    return groups
+
+
+def _has_text(value: str | None) -> bool:
+    return value is not None and bool(value.strip())
+
+
+_RETENTION_FIELDS = (
+    ("keep_last", "last"),
+    ("keep_hourly", "hourly"),
+    ("keep_daily", "daily"),
+    ("keep_weekly", "weekly"),
+    ("keep_monthly", "monthly"),
+    ("keep_yearly", "yearly"),
+)
+
+
+def _retention_kwargs(retention: protocol.Retention) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {name: getattr(retention, name) for name, _ in _RETENTION_FIELDS}
+    kwargs["keep_within"] = retention.keep_within
+    return kwargs
+
+
+def _retention_text(retention: protocol.Retention) -> str:
+    parts = [
+        f"{label} {getattr(retention, name)}"
+        for name, label in _RETENTION_FIELDS
+        if getattr(retention, name) is not None
+    ]
+    if retention.keep_within is not None:
+        parts.append(f"within {retention.keep_within}")
+    return "keep " + ", ".join(parts)
+
+
+def _human_duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 120:
+        return f"{whole} s"
+    if whole < 7200:
+        return f"{whole // 60} min"
+    return f"{whole / 3600:.1f} h"
 
 
 def _backup_error_text(err: rparse.BackupError) -> str:

@@ -51,6 +51,20 @@ class Redactor:
             return
         self.add(*credential_secrets(creds))
 
+    def with_credentials(self, creds: protocol.RepoCredentials) -> Redactor:
+        """A copy that also knows ``creds``' secrets; this one is left unchanged.
+
+        For credentials that live only as long as one job (the admin slot):
+        the job's log is scrubbed of them, and when the job ends the copy
+        goes with it instead of keeping the secret for the agent's lifetime.
+        """
+        copy = Redactor(max_line_bytes=self._max_line_bytes)
+        copy._secrets = set(self._secrets)
+        copy.add(*credential_secrets(creds))
+        if copy._pattern is None and self._pattern is not None:
+            copy._pattern = self._pattern
+        return copy
+
     def redact(self, text: str) -> str:
         if self._pattern is not None and text:
             text = self._pattern.sub(MASK, text)

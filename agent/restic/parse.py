@@ -23,10 +23,12 @@ __all__ = [
     "BackupError",
     "BackupProgress",
     "BackupSummary",
+    "ForgetResult",
     "RepoStatsInfo",
     "ResticOutputError",
     "SnapshotInfo",
     "parse_backup_line",
+    "parse_forget",
     "parse_snapshots",
     "parse_stats",
 ]
@@ -304,3 +306,28 @@ def parse_stats(text: str) -> RepoStatsInfo:
         blob_count=_opt_int(obj, "total_blob_count"),
         snapshots_count=_opt_int(obj, "snapshots_count"),
     )
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    kept: int
+    removed: int
+
+
+def parse_forget(text: str) -> ForgetResult:
+    """Parse `restic forget --json`: one entry per snapshot group.
+
+    restic prints nothing at all when no snapshot matched the filter.
+    """
+    if not text.strip() or text.strip() == "null":
+        return ForgetResult(kept=0, removed=0)
+    groups = _load_json(text, "forget", list)
+    kept = removed = 0
+    for index, group in enumerate(groups):
+        if not isinstance(group, dict):
+            raise ResticOutputError(f"forget group #{index} is not a JSON object")
+        keep = group.get("keep")
+        remove = group.get("remove")
+        kept += len(keep) if isinstance(keep, list) else 0
+        removed += len(remove) if isinstance(remove, list) else 0
+    return ForgetResult(kept=kept, removed=removed)

@@ -28,7 +28,9 @@ __all__ = [
     "STDERR_TAIL_CHARS",
     "RepoLocks",
     "ResticResult",
+    "read_lines",
     "run_restic",
+    "wait_exit",
 ]
 
 # A line longer than this (an `ls --json` node with a huge name, a runaway
@@ -91,7 +93,7 @@ def _scrub(line: str, secrets: tuple[str, ...]) -> str:
     return line
 
 
-async def _pump(stream: asyncio.StreamReader, deliver: Callable[[str], None]) -> None:
+async def read_lines(stream: asyncio.StreamReader, deliver: Callable[[str], None]) -> None:
     """Read `stream` to EOF, handing over complete lines without their newline.
 
     Reads fixed-size chunks instead of readline(): StreamReader's line limit
@@ -155,7 +157,7 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
         _signal_group(proc, signal.SIGKILL)
 
 
-async def _wait_exit(proc: asyncio.subprocess.Process) -> int:
+async def wait_exit(proc: asyncio.subprocess.Process) -> int:
     """Wait until the process has exited.
 
     Process.wait() on Python 3.11 returns only once the pipes are closed as
@@ -179,12 +181,12 @@ async def _stop(proc: asyncio.subprocess.Process, grace_seconds: float) -> None:
             proc.send_signal(signal.SIGINT)
     try:
         async with asyncio.timeout(max(grace_seconds, 0.0)):
-            await _wait_exit(proc)
+            await wait_exit(proc)
         return
     except TimeoutError:
         pass
     _kill(proc)
-    await _wait_exit(proc)
+    await wait_exit(proc)
 
 
 async def _finish_readers(proc: asyncio.subprocess.Process, readers: asyncio.Future[Any]) -> None:
@@ -276,8 +278,10 @@ async def run_restic(
         start_new_session=not _IS_WINDOWS,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(_pump(proc.stdout, streams.stdout), _pump(proc.stderr, streams.stderr))
-    exited: asyncio.Future[int] = asyncio.ensure_future(_wait_exit(proc))
+    readers = asyncio.gather(
+        read_lines(proc.stdout, streams.stdout), read_lines(proc.stderr, streams.stderr)
+    )
+    exited: asyncio.Future[int] = asyncio.ensure_future(wait_exit(proc))
     failed_wait = asyncio.ensure_future(streams.failed.wait())
     cancel_wait = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
     triggers: set[asyncio.Future[Any]] = {exited, failed_wait}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -498,3 +500,130 @@ async def test_restic_binary_is_found(tmp_path: Path) -> None:
     found = await find_restic_binary("/usr/bin/restic")
     assert str(found.version).startswith("0.14")
     assert key_path_for(tmp_path / "a.toml") == tmp_path / "a.toml.key"
+
+
+async def test_the_agent_fires_its_stored_schedule_by_itself(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    config_path = write_enrolment(tmp_path, server)
+    group = protocol.SourceGroupSpec(id=1, name="etc", includes=["/etc"])
+    schedule_set = protocol.ScheduleSet(
+        version=5,
+        schedules=[protocol.ScheduleSpec(id=3, cron="0 * * * *", enabled=True,
+                                         source_group_ids=[1])],
+        source_groups=[group],
+    )  # fmt: skip
+    secrets_file_for(config_path, tmp_path / "state").update(
+        schedule=protocol.to_dict(schedule_set), schedule_version=5
+    )
+    # The agent last fired this schedule three hours ago, then was stopped.
+    long_ago = time.time() - 3 * 3600
+    (tmp_path / "state" / "scheduler-state.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "marks": {
+                    "schedule:3": {
+                        "cron": "0 * * * *",
+                        "after": long_ago,
+                        "last_fired_at": long_ago,
+                    }
+                },
+            }
+        )
+    )
+    run = await start_agent(config_path)
+    try:
+        await until(lambda: server.of_type(protocol.JobFinished), timeout=20)
+        started = server.of_type(protocol.JobStarted)
+        assert len(started) == 1  # missed windows run once, not three times
+        payload = started[0].payload
+        assert isinstance(payload, protocol.JobStarted)
+        assert (payload.kind, payload.actor) == ("backup", "schedule")
+        assert (payload.schedule_id, payload.source_group_id) == (3, 1)
+        assert payload.args["catch_up"] is True
+        assert protocol.JOB_ID_PATTERN.fullmatch(payload.job_id)
+        # No repository credentials yet: the job fails, and says why.
+        finished = server.of_type(protocol.JobFinished)[0].payload
+        assert isinstance(finished, protocol.JobFinished)
+        assert finished.error == NO_CREDENTIALS_ERROR
+        assert run.agent.scheduler.schedule_set == schedule_set
+    finally:
+        await run.close()
+    state = json.loads((tmp_path / "state" / "scheduler-state.json").read_text())
+    assert state["marks"]["schedule:3"]["after"] > long_ago
+
+
+async def test_a_new_schedule_set_reaches_the_scheduler_and_forget(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    run = await start_agent(write_enrolment(tmp_path, server))
+    try:
+        await until(lambda: server.connections == 1)
+        assert run.agent.scheduler.schedule_set is None
+        schedule_set = protocol.ScheduleSet(
+            version=2,
+            schedules=[],
+            source_groups=[protocol.SourceGroupSpec(id=1, name="etc", includes=["/etc"])],
+        )
+        await server.send(schedule_set)
+        await until(lambda: server.of_type(protocol.ScheduleAck))
+        assert run.agent.scheduler.schedule_set == schedule_set
+        await server.send(protocol.CommandRun(job_id="fg", kind="forget", actor="system"))
+        await until(lambda: server.of_type(protocol.JobFinished))
+        finished = server.of_type(protocol.JobFinished)[0].payload
+        assert isinstance(finished, protocol.JobFinished)
+        # Forget knew the groups (it got as far as needing the repository).
+        assert finished.error == NO_CREDENTIALS_ERROR
+    finally:
+        await run.close()
+
+
+async def test_admin_credentials_are_used_for_their_job_and_never_stored(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    admin_password = "Admin-Pw-7c1e9b03"
+    repo = tmp_path / "repo"
+    subprocess.run(
+        ["/usr/bin/restic", "init", "--no-cache"],
+        env={"PATH": "/usr/bin:/bin", "RESTIC_REPOSITORY": str(repo),
+             "RESTIC_PASSWORD": admin_password},
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    config_path = write_enrolment(tmp_path, server)
+    run = await start_agent(config_path)
+
+    def finished() -> dict[str, protocol.JobFinished]:
+        return {
+            env.payload.job_id: env.payload  # type: ignore[attr-defined]
+            for env in server.of_type(protocol.JobFinished)
+        }
+
+    try:
+        await until(lambda: server.connections == 1)
+        # The everyday credential cannot open this repository; the admin one can.
+        await server.send(
+            protocol.ConfigUpdate(
+                repository=protocol.RepoCredentials(url=str(repo), password=REPO_PASSWORD)
+            )
+        )
+        admin = protocol.RepoCredentials(url=str(repo), password=admin_password)
+        await server.send(
+            protocol.CommandRun(job_id="adm", kind="prune", actor="system", credentials=admin)
+        )
+        await until(lambda: "adm" in finished(), timeout=60)
+        assert finished()["adm"].status == "succeeded", finished()["adm"].error
+        await server.send(protocol.CommandRun(job_id="plain", kind="prune", actor="system"))
+        await until(lambda: "plain" in finished(), timeout=60)
+        assert "wrong password" in (finished()["plain"].error or "")
+    finally:
+        await run.close()
+    for path in [*tmp_path.joinpath("state").rglob("*"), *tmp_path.joinpath("etc").rglob("*")]:
+        if path.is_file():
+            assert admin_password.encode() not in path.read_bytes(), path
+    # Not in the encrypted secrets either (the everyday credential is).
+    stored = json.dumps(secrets_file_for(config_path, tmp_path / "state").load())
+    assert admin_password not in stored and REPO_PASSWORD in stored
+    for _, env in server.received:
+        assert admin_password not in protocol.encode(env.payload)

@@ -86,3 +86,12 @@ def test_redaction_happens_before_truncation() -> None:
     out = r.line("ab" + secret + "z" * 100)
     assert "s3cr3t" not in out
     assert out.startswith("ab" + MASK)
+
+
+def test_a_job_scoped_copy_knows_more_and_the_original_stays_as_it_was() -> None:
+    base = Redactor(["bearer-token-1"])
+    admin = protocol.RepoCredentials(url="rest:https://adm:rest-pw-9@h/", password="admin-pw-1")
+    scoped = base.with_credentials(admin)
+    assert scoped.redact("admin-pw-1 rest-pw-9 bearer-token-1") == f"{MASK} {MASK} {MASK}"
+    assert base.redact("admin-pw-1 bearer-token-1") == f"admin-pw-1 {MASK}"
+    assert "admin-pw-1" not in base

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -407,3 +408,24 @@ def test_stats_018() -> None:
 def test_stats_malformed(text: str, message: str) -> None:
     with pytest.raises(ResticOutputError, match=message):
         parse_stats(text)
+
+
+def test_parse_forget_counts_kept_and_removed_snapshots() -> None:
+    from agent.restic.parse import ForgetResult, parse_forget
+
+    doc = json.dumps(
+        [
+            {
+                "tags": None,
+                "host": "h",
+                "keep": [{"id": "a"}, {"id": "b"}],
+                "remove": [{"id": "c"}],
+            },
+            {"tags": None, "host": "h", "keep": [{"id": "d"}], "remove": None},
+        ]
+    )
+    assert parse_forget(doc) == ForgetResult(kept=3, removed=1)
+    # restic prints nothing when no snapshot matched the tag.
+    assert parse_forget("") == ForgetResult(kept=0, removed=0)
+    with pytest.raises(ResticOutputError):
+        parse_forget("Fatal: something")
