@@ -193,6 +193,88 @@ class RpcError:
     message: str
 
 
+# Restore, browse and diff: RPC params/results and job args, carried inside
+# RpcCall.params / RpcResult.result / CommandRun.args and decoded with
+# from_dict at each end.
+
+TREE_LIST = "tree.list"
+TREE_FIND = "tree.find"
+TreeEntryType = Literal["dir", "file", "symlink", "other"]
+IndexState = Literal["building", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class TreeListParams:
+    snapshot_id: str
+    path: str = "/"
+    offset: int = 0
+    limit: int = 5000
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    name: str
+    type: TreeEntryType
+    size: int = 0  # a file's size; for a directory, the bytes of all files below it
+    mtime: float | None = None
+    files: int = 0  # for a directory: how many files are below it
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    state: IndexState
+    nodes: int = 0  # nodes indexed so far (or in total once ready)
+    elapsed_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TreeListResult:
+    snapshot_id: str
+    path: str
+    index: IndexStatus
+    entries: list[TreeEntry] = field(default_factory=list)
+    total: int = 0  # children of `path` in all (entries may be one page of them)
+
+
+@dataclass(frozen=True)
+class TreeFindParams:
+    pattern: str  # a name or a glob (*, ?, [...]) matched against entry names
+    snapshot_id: str | None = None  # None: every snapshot of the host
+    limit: int = 500
+
+
+@dataclass(frozen=True)
+class TreeMatch:
+    snapshot_id: str
+    path: str
+    type: TreeEntryType
+    size: int = 0
+    mtime: float | None = None
+
+
+@dataclass(frozen=True)
+class TreeFindResult:
+    matches: list[TreeMatch]
+    truncated: bool = False
+    # Snapshots whose index is still being built: ask again for their matches.
+    building: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RestoreArgs:
+    snapshot_id: str
+    paths: list[str]  # absolute paths inside the snapshot; become --include
+    target_dir: str | None = None  # None with in_place False: under the restore dir
+    in_place: bool = False
+
+
+@dataclass(frozen=True)
+class DiffArgs:
+    snapshot_a: str
+    snapshot_b: str
+
+
 # ---------------------------------------------------------------------------
 # Messages. ``TYPE`` is the wire name; ``DURABLE`` marks agent events that
 # go through the agent's outbox and are acknowledged by the server.
