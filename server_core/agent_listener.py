@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -230,6 +231,9 @@ class AgentListener:
             elif msg.type == WSMsgType.BINARY:
                 bad_frames += 1
                 await conn.send(Error(code="bad_frame", message="binary frames are not accepted"))
+                # Frames already buffered come back without a pause: yield so a
+                # backlog is decoded one frame per loop step, not in one long one.
+                await asyncio.sleep(0)
                 if bad_frames > MAX_BAD_FRAMES:
                     await conn.ws.close(
                         code=WSCloseCode.POLICY_VIOLATION, message=b"too many bad frames"
