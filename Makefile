@@ -5,7 +5,7 @@ PY      := .venv/bin/python
 DATA    ?= $(HOME)/.local/share/restic-manager
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean
+.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean bench
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -37,6 +37,14 @@ integration: bootstrap
 
 test: bootstrap lint typecheck
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Benchmarks (not part of `make test`; they measure, they do not fail on a slow
+# machine): one JSON file each in tests/perf/results/, about 4 min on 2 cores.
+# Offscreen Qt, so no X server is needed; see tests/perf/README.md.
+bench: bootstrap
+	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_loop_lag.py
+	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_fleet_table.py
+	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_job_log.py
 
 fmt: bootstrap
 	.venv/bin/ruff format .
