@@ -39,6 +39,7 @@ from server_core.events import HostChanged
 from server_core.hub import AgentConnection, AgentHub
 from server_core.ingest import AgentSink, EventIngestor, Incoming
 from server_core.models import Host
+from server_core.rpc import RpcBroker
 from server_core.services.context import ServiceContext
 from server_core.services.enrolment import EnrolmentService
 from server_core.services.jobs import mark_dispatched
@@ -61,11 +62,13 @@ class AgentListener:
         enrolment: EnrolmentService,
         hub: AgentHub,
         ingestor: EventIngestor,
+        rpc: RpcBroker,
     ) -> None:
         self._ctx = ctx
         self._enrolment = enrolment
         self._hub = hub
         self._ingestor = ingestor
+        self._rpc = rpc
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -228,12 +231,12 @@ class AgentListener:
                         return "too many bad frames"
                     continue
                 await self._handle(conn, envelope.payload, envelope, sink)
-            elif msg.type == WSMsgType.BINARY:
-                bad_frames += 1
-                await conn.send(Error(code="bad_frame", message="binary frames are not accepted"))
                 # Frames already buffered come back without a pause: yield so a
                 # backlog is decoded one frame per loop step, not in one long one.
                 await asyncio.sleep(0)
+            elif msg.type == WSMsgType.BINARY:
+                bad_frames += 1
+                await conn.send(Error(code="bad_frame", message="binary frames are not accepted"))
                 if bad_frames > MAX_BAD_FRAMES:
                     await conn.ws.close(
                         code=WSCloseCode.POLICY_VIOLATION, message=b"too many bad frames"
@@ -253,7 +256,7 @@ class AgentListener:
         elif isinstance(payload, ScheduleAck):
             await self._schedule_acked(conn.host_id, payload.version)
         elif isinstance(payload, RpcResult):
-            log.debug("rpc result %s from host %s", payload.call_id, conn.host_id)
+            self._rpc.resolve(conn, payload)
         elif isinstance(payload, Error):
             log.warning(
                 "agent on host %s reported: %s %s", conn.host_id, payload.code, payload.message

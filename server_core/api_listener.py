@@ -18,9 +18,10 @@ from server_core.services.enrolment import EnrolmentService, parse_new_host
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import RUN_NOW_KINDS, MaintenanceService
+from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
 from server_core.services.sources import SourceService
-from server_core.views import ServerInfo, as_json
+from server_core.views import ServerInfo, TreeListing, as_json
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ def error_response(
 
 
 MAX_ID = 2**63 - 1
+# Jobs described by an object named after their kind, and that object's fields.
+JOB_SPECS: dict[str, tuple[str, ...]] = {
+    "restore": ("snapshot_id", "paths", "target_dir", "in_place", "confirm_hostname"),
+    "diff": ("snapshot_a", "snapshot_b"),
+}
 
 
 def _int_param(request: web.Request, name: str) -> int:
@@ -56,6 +62,33 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
     return body
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or len(raw) > 10:
+        raise InvalidInput(f"'{name}' must be a whole number", field=name)
+    return int(raw)
+
+
+def tree_listing_json(listing: TreeListing) -> dict[str, Any]:
+    """as_json(listing), spelled out: a 5000-entry page is built on the loop
+    the desktop app's window shares, and this is five times faster."""
+    return {
+        "snapshot_id": listing.snapshot_id,
+        "path": listing.path,
+        "state": listing.state,
+        "nodes": listing.nodes,
+        "elapsed_s": listing.elapsed_s,
+        "error": listing.error,
+        "entries": [
+            {"name": e.name, "type": e.type, "size": e.size, "mtime": e.mtime, "files": e.files}
+            for e in listing.entries
+        ],
+        "total": listing.total,
+    }
 
 
 def _optional_id(body: dict[str, Any], name: str) -> int | None:
@@ -77,6 +110,7 @@ class ApiListener:
         sources: SourceService,
         schedules: ScheduleService,
         maintenance: MaintenanceService,
+        restore: RestoreService,
         enrolment: EnrolmentService,
         server_info: Callable[[], ServerInfo],
     ) -> None:
@@ -86,6 +120,7 @@ class ApiListener:
         self._sources = sources
         self._schedules = schedules
         self._maintenance = maintenance
+        self._restore = restore
         self._enrolment = enrolment
         self._server_info = server_info
 
@@ -122,6 +157,10 @@ class ApiListener:
         r.add_get("/api/v1/hosts/{host_id}/repo-stats", self.repo_stats)
         r.add_post("/api/v1/hosts/{host_id}/repo/reinit", self.reinit_repo)
         r.add_get("/api/v1/hosts/{host_id}/snapshots", self.list_snapshots)
+        snapshot = "/api/v1/hosts/{host_id}/snapshots/{snapshot_id}"
+        r.add_get(snapshot + "/tree", self.snapshot_tree)
+        r.add_get(snapshot + "/find", self.snapshot_find)
+        r.add_get("/api/v1/hosts/{host_id}/find", self.host_find)
         r.add_get("/api/v1/hosts/{host_id}/jobs", self.list_jobs)
         r.add_post("/api/v1/hosts/{host_id}/jobs", self.create_job)
         r.add_get("/api/v1/jobs/{job_id}", self.get_job)
@@ -357,6 +396,31 @@ class ApiListener:
         snaps = await self._hosts.list_snapshots(_int_param(request, "host_id"))
         return web.json_response(as_json(snaps))
 
+    async def snapshot_tree(self, request: web.Request) -> web.Response:
+        listing = await self._restore.tree_list(
+            _int_param(request, "host_id"),
+            request.match_info["snapshot_id"],
+            request.query.get("path") or "/",
+            offset=_query_int(request, "offset", 0),
+            limit=_query_int(request, "limit", 5000),
+        )
+        return web.json_response(tree_listing_json(listing))
+
+    async def snapshot_find(self, request: web.Request) -> web.Response:
+        return await self._find(request, request.match_info["snapshot_id"])
+
+    async def host_find(self, request: web.Request) -> web.Response:
+        return await self._find(request, None)
+
+    async def _find(self, request: web.Request, snapshot_id: str | None) -> web.Response:
+        results = await self._restore.find(
+            _int_param(request, "host_id"),
+            request.query.get("q", ""),
+            snapshot_id,
+            limit=_query_int(request, "limit", 500),
+        )
+        return web.json_response(as_json(results))
+
     async def list_jobs(self, request: web.Request) -> web.Response:
         jobs = await self._jobs.list_jobs(_int_param(request, "host_id"))
         return web.json_response(as_json(jobs))
@@ -364,7 +428,13 @@ class ApiListener:
     async def create_job(self, request: web.Request) -> web.Response:
         host_id = _int_param(request, "host_id")
         body = await _body(request)
-        unknown = set(body) - {"kind", "source_group_id", "upload_kib_s", "download_kib_s"}
+        unknown = set(body) - {
+            "kind",
+            "source_group_id",
+            "upload_kib_s",
+            "download_kib_s",
+            *JOB_SPECS,
+        }
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         kind = body.get("kind")
@@ -372,6 +442,12 @@ class ApiListener:
             raise InvalidInput("'kind' is required", field="kind")
         if not isinstance(kind, str):
             raise InvalidInput("'kind' must be a string", field="kind")
+        if kind in JOB_SPECS:
+            job_id = await self._start_with_spec(host_id, kind, body, request[ACTOR_KEY])
+            return web.json_response({"job_id": job_id}, status=202)
+        for name in JOB_SPECS:
+            if name in body:
+                raise InvalidInput(f"'{name}' only applies to a {name} job", field=name)
         group = _optional_id(body, "source_group_id")
         actor = request[ACTOR_KEY]
         upload, download = body.get("upload_kib_s"), body.get("download_kib_s")
@@ -394,6 +470,41 @@ class ApiListener:
         else:
             job_id = await self._jobs.dispatch(host_id, kind, actor=actor, source_group_id=group)
         return web.json_response({"job_id": job_id}, status=202)
+
+    async def _start_with_spec(
+        self, host_id: int, kind: str, body: dict[str, Any], actor: Actor
+    ) -> str:
+        """A restore or diff job, described by the object named after its kind."""
+        extra = sorted(set(body) - {"kind", kind})
+        if extra:
+            raise InvalidInput(
+                f"a {kind} job takes only 'kind' and '{kind}', not "
+                f"{', '.join(repr(e) for e in extra)}",
+                field=extra[0],
+            )
+        spec = body.get(kind)
+        if not isinstance(spec, dict):
+            raise InvalidInput(
+                f"'{kind}' must be an object with {', '.join(JOB_SPECS[kind])}", field=kind
+            )
+        unknown = sorted(set(spec) - set(JOB_SPECS[kind]))
+        if unknown:
+            raise InvalidInput(
+                f"unknown field(s) in '{kind}': {', '.join(unknown)}", field=unknown[0]
+            )
+        if kind == "restore":
+            return await self._restore.start_restore(
+                host_id,
+                spec.get("snapshot_id", ""),  # types are checked by the service
+                spec.get("paths", []),
+                target_dir=spec.get("target_dir"),
+                in_place=spec.get("in_place", False),
+                confirm_hostname=spec.get("confirm_hostname"),
+                actor=actor,
+            )
+        return await self._restore.start_diff(
+            host_id, spec.get("snapshot_a", ""), spec.get("snapshot_b", ""), actor
+        )
 
     async def get_job(self, request: web.Request) -> web.Response:
         job = await self._jobs.get_job(request.match_info["job_id"])

@@ -20,11 +20,13 @@ from server_core.crypto import SecretBox, load_or_create_data_key
 from server_core.events import EventBus
 from server_core.hub import AgentHub
 from server_core.ingest import EventIngestor
+from server_core.rpc import RpcBroker
 from server_core.services.context import ServiceContext
 from server_core.services.enrolment import EnrolmentService, default_install_command
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import MaintenanceRunner, MaintenanceService
+from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
 from server_core.services.sources import SourceService
 from server_core.store import Store
@@ -122,7 +124,9 @@ class ControlPlane:
             store=self.store, box=SecretBox(key.key), bus=self.bus, agents=self.hub
         )
         self.ctx = ctx
+        self.rpc = RpcBroker(self.hub, self.store)
         self.jobs = JobService(ctx)
+        self.restore = RestoreService(ctx, self.jobs, self.rpc)
         self.hosts = HostService(ctx, self.jobs)
         self.sources = SourceService(ctx, self.jobs)
         self.schedules = ScheduleService(ctx)
@@ -139,7 +143,7 @@ class ControlPlane:
         # The agent URL needs the bound port, which is known only after binding
         # (port 0 in tests); the enrolment service asks for it lazily.
         self.enrolment = EnrolmentService(ctx, install_command=self._install_command)
-        agent_app = AgentListener(ctx, self.enrolment, self.hub, self.ingestor).app()
+        agent_app = AgentListener(ctx, self.enrolment, self.hub, self.ingestor, self.rpc).app()
         agent_runner = web.AppRunner(
             agent_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
         )
@@ -161,6 +165,7 @@ class ControlPlane:
             sources=self.sources,
             schedules=self.schedules,
             maintenance=self.maintenance,
+            restore=self.restore,
             enrolment=self.enrolment,
             server_info=self.info,
         ).app()

@@ -33,3 +33,29 @@ class InvalidInput(ServiceError):
 class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"
+
+
+class HostOffline(Conflict):
+    """The host's agent is not connected (or went away before answering)."""
+
+    code = "offline"
+
+
+class Busy(ServiceError):
+    status = 503
+    code = "busy"
+
+
+class AgentTimeout(ServiceError):
+    status = 504
+    code = "timeout"
+
+
+class AgentFailed(ServiceError):
+    """The agent refused or failed a call; ``code`` is the agent's own code."""
+
+    status = 502
+
+    def __init__(self, message: str, *, code: str = "failed", field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.code = code

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, web
@@ -35,8 +36,8 @@ class AgentConnection:
         self.last_message_at = time.monotonic()
         self.last_seen_wall = time.time()
 
-    async def send(self, message: Message) -> None:
-        text = encode(message)
+    async def send(self, message: Message, *, msg_id: str | None = None) -> None:
+        text = encode(message, msg_id=msg_id)
         # Frames from concurrent senders must not interleave on the socket.
         async with self.send_lock:
             await self.ws.send_str(text)
@@ -58,11 +59,15 @@ class AgentHub:
         self._connections: dict[int, AgentConnection] = {}
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._departure_listeners: list[Callable[[AgentConnection], None]] = []
 
     # -- AgentLink -------------------------------------------------------
 
     def is_connected(self, host_id: int) -> bool:
         return host_id in self._connections
+
+    def is_current(self, conn: AgentConnection) -> bool:
+        return self._connections.get(conn.host_id) is conn
 
     async def send(self, host_id: int, message: Message) -> bool:
         conn = self._connections.get(host_id)
@@ -74,6 +79,33 @@ class AgentHub:
             log.info("could not send %s to host %s: %s", message.TYPE, host_id, exc)
             return False
         return True
+
+    async def send_on_connection(
+        self, host_id: int, message: Message, *, msg_id: str
+    ) -> AgentConnection | None:
+        """Send on the host's live connection and say which one carried it
+        (an answer can only come back on that socket); None if not sent."""
+        conn = self._connections.get(host_id)
+        if conn is None:
+            return None
+        try:
+            await conn.send(message, msg_id=msg_id)
+        except (ConnectionError, RuntimeError) as exc:
+            log.info("could not send %s to host %s: %s", message.TYPE, host_id, exc)
+            return None
+        return conn
+
+    def on_departure(self, listener: Callable[[AgentConnection], None]) -> None:
+        """Call ``listener`` (synchronously, once per connection) when a
+        connection stops being its host's: replaced, timed out or closed."""
+        self._departure_listeners.append(listener)
+
+    def _departed(self, conn: AgentConnection) -> None:
+        for listener in self._departure_listeners:
+            try:
+                listener(conn)
+            except Exception:
+                log.exception("a departure listener failed for host %s", conn.host_id)
 
     async def disconnect(self, host_id: int, reason: str) -> None:
         conn = self._connections.get(host_id)
@@ -107,12 +139,14 @@ class AgentHub:
         old = self._connections.get(conn.host_id)
         self._connections[conn.host_id] = conn
         if old is not None:
+            self._departed(old)
             self._close_later(old, "replaced by a newer connection")
 
     async def unregister(self, conn: AgentConnection, reason: str) -> None:
         if self._connections.get(conn.host_id) is not conn:
             return  # a newer connection took over; the host is still online
         del self._connections[conn.host_id]
+        self._departed(conn)
 
         def run() -> None:
             changed = (

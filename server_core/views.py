@@ -54,6 +54,11 @@ class HostView:
     # Bandwidth caps in KiB/s (None = unlimited).
     upload_kib_s: int | None = None
     download_kib_s: int | None = None
+    # The most recently queued restore job: its id, status and when it
+    # finished (or started, or was queued, while it has not finished).
+    latest_restore_job_id: str | None = None
+    latest_restore_status: str | None = None
+    latest_restore_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,50 @@ class SnapshotView:
     hostname: str
     paths: list[str]
     tags: list[str]
+
+
+@dataclass(frozen=True)
+class TreeEntryView:
+    name: str
+    type: str  # dir | file | symlink | other
+    size: int  # a file's size; for a directory, the bytes of all files below it
+    mtime: float | None
+    files: int  # for a directory: how many files are below it
+
+
+@dataclass(frozen=True)
+class TreeListing:
+    """One directory of a snapshot, as the agent's index answers it.
+
+    While the index is being built, ``state`` is "building", ``nodes`` says
+    how far it got and ``entries`` is empty: ask again shortly.
+    """
+
+    snapshot_id: str  # the full id
+    path: str
+    state: str  # building | ready | failed
+    nodes: int
+    elapsed_s: float
+    error: str | None
+    entries: list[TreeEntryView] = field(default_factory=list)
+    total: int = 0  # children of `path` in all; `entries` may be one page of them
+
+
+@dataclass(frozen=True)
+class FindMatchView:
+    snapshot_id: str
+    path: str
+    type: str
+    size: int
+    mtime: float | None
+
+
+@dataclass(frozen=True)
+class FindResults:
+    matches: list[FindMatchView]
+    truncated: bool = False
+    # Snapshots whose index is still being built: search again for their matches.
+    building: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

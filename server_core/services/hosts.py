@@ -78,6 +78,7 @@ def host_views(host_ids: list[int] | None = None, now: float | None = None) -> l
         if status == "succeeded" and warnings:
             status = "succeeded_with_warnings"
         last_backup[host_id] = (at, status)
+    last_restore = _latest_restores(ids)
     snap_counts = dict(
         Snapshot.select(Snapshot.host, pw.fn.COUNT(Snapshot.id))
         .where(Snapshot.host.in_(ids))
@@ -100,6 +101,7 @@ def host_views(host_ids: list[int] | None = None, now: float | None = None) -> l
     views = []
     for h in hosts:
         at, status = last_backup.get(h.id, (None, None))
+        restore_id, restore_status, restore_at = last_restore.get(h.id, (None, None, None))
         views.append(
             HostView(
                 id=h.id,
@@ -127,9 +129,39 @@ def host_views(host_ids: list[int] | None = None, now: float | None = None) -> l
                 size_history=history.get(h.id, [None] * SIZE_HISTORY_DAYS),
                 upload_kib_s=h.upload_kib_s,
                 download_kib_s=h.download_kib_s,
+                latest_restore_job_id=restore_id,
+                latest_restore_status=restore_status,
+                latest_restore_at=restore_at,
             )
         )
     return views
+
+
+def _latest_restores(ids: list[int]) -> dict[int, tuple[str, str, float]]:
+    """Each host's most recently queued restore job: (id, status, when it
+    finished, else started, else was queued), in one query."""
+    ranked = (
+        Job.select(
+            Job.host,
+            Job.id,
+            Job.status,
+            pw.fn.COALESCE(Job.finished_at, Job.started_at, Job.created_at).alias("at"),
+            pw.fn.ROW_NUMBER()
+            .over(partition_by=[Job.host], order_by=[Job.created_at.desc(), Job.id.desc()])
+            .alias("rank"),
+        )
+        .where(Job.host.in_(ids) & (Job.kind == "restore"))
+        .alias("ranked")
+    )
+    latest = (
+        pw.Select(
+            from_list=[ranked],
+            columns=[ranked.c.host_id, ranked.c.id, ranked.c.status, ranked.c.at],
+        )
+        .where(ranked.c.rank == 1)
+        .bind(Job._meta.database)
+    )
+    return {host_id: (job_id, status, at) for host_id, job_id, status, at in latest.tuples()}
 
 
 SIZE_HISTORY_DAYS = 30

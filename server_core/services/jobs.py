@@ -18,6 +18,9 @@ from server_core.views import JobView, LogLineView
 
 # Kinds an operator may start through the API in this version.
 DISPATCHABLE = ("backup", "init", "snapshots", "stats", "unlock", "forget", "prune", "check")
+# Kinds that only make sense with their arguments; RestoreService validates
+# and builds them (RestoreArgs, DiffArgs).
+WITH_ARGS = ("restore", "diff")
 
 
 def job_view(job: Job) -> JobView:
@@ -56,8 +59,14 @@ def create_job(
     *,
     source_group_id: int | None = None,
     args: dict[str, Any] | None = None,
+    audit_args: dict[str, Any] | None = None,
 ) -> Job:
-    """Insert a queued job and its audit entry (store thread, inside a transaction)."""
+    """Insert a queued job and its audit entry (store thread, inside a transaction).
+
+    ``audit_args`` replaces ``args`` in the audit entry where the arguments
+    are too bulky to copy there (a restore's path list).
+    """
+    audited = audit_args if audit_args is not None else args
     job: Job = Job.create(
         id=uuid.uuid4().hex,
         host=host_id,
@@ -78,7 +87,7 @@ def create_job(
             "host_id": host_id,
             "kind": kind,
             "source_group_id": source_group_id,
-            **({"args": args} if args else {}),
+            **({"args": audited} if audited else {}),
         },
     )
     return job
@@ -98,6 +107,7 @@ class JobService:
         require_online: bool = True,
         reuse_queued: bool = False,
         args: dict[str, Any] | None = None,
+        audit_args: dict[str, Any] | None = None,
     ) -> str:
         """Queue a job and send it to the agent now if it is connected.
 
@@ -107,8 +117,12 @@ class JobService:
         ``args`` are stored with the job (never secrets) and reach the agent
         in ``command.run``; a ``bandwidth`` entry there is the per-run cap.
         """
-        if kind not in DISPATCHABLE:
-            raise InvalidInput(f"'kind' must be one of: {', '.join(DISPATCHABLE)}", field="kind")
+        if kind not in DISPATCHABLE + WITH_ARGS:
+            raise InvalidInput(
+                f"'kind' must be one of: {', '.join(DISPATCHABLE + WITH_ARGS)}", field="kind"
+            )
+        if kind in WITH_ARGS and not args:
+            raise InvalidInput(f"a {kind} job needs its '{kind}' object", field=kind)
         if kind == "backup" and source_group_id is None:
             raise InvalidInput(
                 "'source_group_id' is required for a backup", field="source_group_id"
@@ -148,7 +162,14 @@ class JobService:
                 )
                 if waiting is not None:
                     return waiting
-            return create_job(host_id, kind, actor, source_group_id=source_group_id, args=args)
+            return create_job(
+                host_id,
+                kind,
+                actor,
+                source_group_id=source_group_id,
+                args=args,
+                audit_args=audit_args,
+            )
 
         job = await self._ctx.store.transaction(run)
         # Asked again after the commit: an agent that said hello meanwhile
