@@ -452,6 +452,7 @@ class Shell(QObject):
             sources=cp.sources,
             schedules=cp.schedules,
             maintenance=cp.maintenance,
+            restore=cp.restore,
             server_info=cp.info,
             bridge=bridge,
             runner=runner,

@@ -11,6 +11,7 @@ from server_core.services.enrolment import EnrolmentService
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import MaintenanceService
+from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
 from server_core.services.sources import SourceService
 from server_core.views import ServerInfo
@@ -26,6 +27,7 @@ class UiContext:
     sources: SourceService
     schedules: ScheduleService
     maintenance: MaintenanceService
+    restore: RestoreService
     server_info: Callable[[], ServerInfo]
     bridge: EventBridge
     runner: AsyncRunner

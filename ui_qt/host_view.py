@@ -117,7 +117,6 @@ class HostView(QWidget):
         self.repo_tab = RepoTab(ctx, navigator, host_id)
         self.credentials_tab = CredentialsTab(ctx, navigator, host_id)
         self.danger_tab = DangerZoneTab(ctx, navigator, host_id, self._deleting)
-        # The Restore tab arrives with its own issue.
         for tab, title in (
             (self.snapshots_tab, "Snapshots"),
             (self.sources_tab, "Sources"),
@@ -147,6 +146,9 @@ class HostView(QWidget):
         ctx.bridge.hosts_removed.connect(self._on_hosts_removed)
         ctx.bridge.sources_changed.connect(self._on_sources_changed)
         ctx.bridge.repo_stats_changed.connect(self._on_repo_stats_changed)
+        # The header's "Last restore" follows its job, and a restore started here.
+        ctx.bridge.jobs_changed.connect(self._on_jobs_changed)
+        self.snapshots_tab.restore_started.connect(self._restore_started)
         self.ticker = QTimer(self)
         self.ticker.setInterval(TICK_MS)
         self.ticker.timeout.connect(self.tick)
@@ -196,6 +198,11 @@ class HostView(QWidget):
         title.addSpacing(12)
         title.addWidget(self.status)
         title.addStretch(1)
+        self.restore_button = QPushButton("Restore…")
+        self.restore_button.setObjectName("hostRestore")
+        self.restore_button.setToolTip("Browse this host's snapshots and restore files from them")
+        self.restore_button.clicked.connect(self.open_restore)
+        title.addWidget(self.restore_button)
         title.addWidget(self.back)
 
         self.os_arch = QLabel()
@@ -212,6 +219,10 @@ class HostView(QWidget):
         self.schedule_sync = QLabel()
         self.schedule_sync.setObjectName("scheduleSync")
         self.schedule_sync.setTextFormat(Qt.TextFormat.RichText)
+        self.last_restore = QLabel()
+        self.last_restore.setObjectName("hostLastRestore")
+        self.last_restore.setTextFormat(Qt.TextFormat.RichText)
+        self.last_restore.linkActivated.connect(self._open_restore_job)
         facts = QGridLayout()
         facts.setHorizontalSpacing(10)
         facts.setVerticalSpacing(4)
@@ -226,6 +237,7 @@ class HostView(QWidget):
                 ("Presence", self.presence),
                 ("Next backup", self.next_run),
                 ("Schedules", self.schedule_sync),
+                ("Last restore", self.last_restore),
             )
         ):
             row, col = divmod(n, 3)
@@ -335,6 +347,14 @@ class HostView(QWidget):
             self.repo_tab.maintenance_loader.request()
             self.loader.request()  # the schedule version in the header
 
+    def _restore_started(self, _job_id: str) -> None:
+        if not self.gone:
+            self.loader.request()
+
+    def _on_jobs_changed(self, job_ids: set[str]) -> None:
+        if self.host is not None and self.host.latest_restore_job_id in job_ids and not self.gone:
+            self.loader.request()
+
     def _on_repo_stats_changed(self, host_ids: set[int]) -> None:
         if self.host_id in host_ids and not self.gone:
             self.repo_tab.reload_stats()
@@ -410,6 +430,24 @@ class HostView(QWidget):
                 f'<span style="color:{colour}">({html.escape(shown)})</span>'
             )
             self.last_backup.setToolTip(absolute_time(host.last_backup_at))
+        self._show_last_restore(host)
+
+    def _show_last_restore(self, host: HostRecord) -> None:
+        if host.latest_restore_job_id is None:
+            self.last_restore.setText("never")
+            self.last_restore.setToolTip("")
+            return
+        status = host.latest_restore_status or ""
+        colour = JOB_STATUS_COLOURS.get(status, GREY)
+        when = relative_time(host.latest_restore_at) if host.latest_restore_at else ""
+        self.last_restore.setText(
+            f"{html.escape(when)} "
+            f'<span style="color:{colour}">({html.escape(status.replace("_", " "))})</span> '
+            f'<a href="job:{html.escape(host.latest_restore_job_id)}">open job</a>'
+        )
+        self.last_restore.setToolTip(
+            f"{absolute_time(host.latest_restore_at)} · job {host.latest_restore_job_id}"
+        )
 
     def _show_sync(self, host: HostRecord) -> None:
         text, colour = sync_text(host)
@@ -433,6 +471,14 @@ class HostView(QWidget):
         self.retry_probe.setText("Retry probe" if failed else "Probe again")
 
     # -- actions ------------------------------------------------------------------
+
+    def open_restore(self) -> None:
+        """The restore browser on this host's newest snapshot."""
+        self.snapshots_tab.open_restore()
+
+    def _open_restore_job(self, link: str) -> None:
+        if link.startswith("job:"):
+            self.navigator.open_job(link[len("job:") :])
 
     def _tags_edited(self) -> None:
         self.save_tags_button.setEnabled(
@@ -509,7 +555,7 @@ class HostView(QWidget):
         name = self.host.name if self.host is not None else f"host {self.host_id}"
         self.banner.setText(f"{name} was deleted.")
         self.banner.show()
-        for widget in (self.tags, self.retry_probe, self.tabs):
+        for widget in (self.tags, self.retry_probe, self.tabs, self.restore_button):
             widget.setEnabled(False)
         self.save_tags_button.setEnabled(False)
         if notify:

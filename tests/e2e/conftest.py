@@ -78,6 +78,7 @@ async def ui(control_plane: ControlPlane, qapp_settings: QSettings) -> AsyncIter
         sources=control_plane.sources,
         schedules=control_plane.schedules,
         maintenance=control_plane.maintenance,
+        restore=control_plane.restore,
         server_info=control_plane.info,
         bridge=bridge,
         runner=runner,

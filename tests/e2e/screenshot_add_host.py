@@ -144,6 +144,7 @@ async def _main(out: Path) -> list[Path]:
             sources=cp.sources,
             schedules=cp.schedules,
             maintenance=cp.maintenance,
+            restore=cp.restore,
             server_info=cp.info,
             bridge=bridge,
             runner=runner,

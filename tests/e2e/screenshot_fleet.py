@@ -217,6 +217,7 @@ async def _shoot(views: list[HostView], settings_dir: Path, out: Path) -> Path:
         sources=cast(Any, None),
         schedules=cast(Any, None),
         maintenance=cast(Any, None),
+        restore=cast(Any, None),
         server_info=_info,
         bridge=cast(Any, _Bridge()),
         runner=runner,

@@ -375,6 +375,7 @@ async def _standalone(path_dir: Path) -> list[Path]:
             sources=cp.sources,
             schedules=cp.schedules,
             maintenance=cp.maintenance,
+            restore=cp.restore,
             server_info=cp.info,
             bridge=bridge,
             runner=runner,

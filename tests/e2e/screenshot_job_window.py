@@ -216,6 +216,7 @@ async def _shoot(job: JobView, lines: list[LogLineView], settings_dir: Path, out
         sources=cast(Any, None),
         schedules=cast(Any, None),
         maintenance=cast(Any, None),
+        restore=cast(Any, None),
         server_info=cast(Any, None),
         bridge=cast(Any, _Bridge()),
         runner=runner,

@@ -8,25 +8,40 @@ from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
     QPersistentModelIndex,
+    QPoint,
     QSortFilterProxyModel,
     Qt,
+    Signal,
 )
-from PySide6.QtGui import QFont, QFontDatabase
+from PySide6.QtGui import QAction, QFont, QFontDatabase
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMenu,
+    QPushButton,
     QStackedWidget,
     QTableView,
     QVBoxLayout,
+    QWidget,
 )
 
+from server_core.services.context import OPERATOR
 from server_core.views import SnapshotView
 from ui_qt.context import UiContext
 from ui_qt.formatting import absolute_time, relative_time
-from ui_qt.host_tabs.common import HostTab, SingleFlight, error_label, set_error, snapshot_timestamp
+from ui_qt.host_tabs.common import (
+    HostTab,
+    SingleFlight,
+    alive,
+    error_label,
+    error_text,
+    guarded,
+    set_error,
+    snapshot_timestamp,
+)
 from ui_qt.navigator import Navigator
 
 Index = QModelIndex | QPersistentModelIndex
@@ -114,6 +129,8 @@ class SnapshotModel(QAbstractTableModel):
 
 
 class SnapshotsTab(HostTab):
+    restore_started = Signal(str)  # job id of a restore started from this host's browser
+
     def __init__(self, ctx: UiContext, navigator: Navigator, host_id: int) -> None:
         super().__init__(ctx, navigator, host_id)
         self.model = SnapshotModel()
@@ -129,6 +146,7 @@ class SnapshotsTab(HostTab):
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(SnapshotModel.TIME, Qt.SortOrder.DescendingOrder)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().hide()
@@ -150,6 +168,22 @@ class SnapshotsTab(HostTab):
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
         self.error = error_label()
 
+        # Restore from one snapshot; diff two of them.
+        self.restore_browser: QWidget | None = None
+        self.restore_button = QPushButton("Restore…")
+        self.restore_button.setObjectName("restoreSnapshot")
+        self.restore_button.clicked.connect(self.restore_selected)
+        self.diff_button = QPushButton("Diff")
+        self.diff_button.setObjectName("diffSnapshots")
+        self.diff_button.clicked.connect(self.diff_selected)
+        self.action_error = error_label()
+        self.action_error.setObjectName("snapshotActionError")
+        self.table.doubleClicked.connect(lambda _index: self.restore_selected())
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(self._context_menu)
+        self.table.selectionModel().selectionChanged.connect(self._selection_changed)
+        self.context_menu: QMenu | None = None
+
         self.empty = QLabel(
             "No snapshots yet.\n\nThey appear here after the first backup, and whenever the "
             "agent reports the repository's snapshot list."
@@ -164,9 +198,12 @@ class SnapshotsTab(HostTab):
         top = QHBoxLayout()
         top.addWidget(self.summary, 1)
         top.addWidget(self.filter)
+        top.addWidget(self.restore_button)
+        top.addWidget(self.diff_button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.error)
+        layout.addWidget(self.action_error)
         layout.addWidget(self.stack, 1)
 
         self.loader: SingleFlight[list[SnapshotView]] = SingleFlight(
@@ -178,6 +215,7 @@ class SnapshotsTab(HostTab):
             lambda exc: self.fetch_failed("the snapshots", exc, self.error),
         )
         ctx.bridge.snapshots_changed.connect(self._on_snapshots_changed)
+        self._selection_changed()
 
     def reload(self) -> None:
         self.loader.request()
@@ -188,6 +226,8 @@ class SnapshotsTab(HostTab):
 
     def host_gone(self) -> None:
         self.loader.stop()
+        if self.restore_browser is not None and alive(self.restore_browser):
+            self.restore_browser.close()
 
     def _on_snapshots_changed(self, host_ids: set[int]) -> None:
         if self.host_id in host_ids:
@@ -199,6 +239,101 @@ class SnapshotsTab(HostTab):
         self.stack.setCurrentWidget(self.table if rows else self.empty)
         self.filter.setEnabled(bool(rows))
         self._update_summary()
+        self._selection_changed()
+
+    # -- restore and diff ----------------------------------------------------------
+
+    def selected_snapshots(self) -> list[SnapshotView]:
+        rows = {self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()}
+        return [self.model.rows[r] for r in sorted(rows) if 0 <= r < len(self.model.rows)]
+
+    def select_snapshots(self, snapshot_ids: list[str]) -> None:
+        """Select the rows of these snapshots (for tests and scripts)."""
+        selection = self.table.selectionModel()
+        selection.clearSelection()
+        for row, snap in enumerate(self.model.rows):
+            if snap.id in snapshot_ids or snap.short_id in snapshot_ids:
+                index = self.proxy.mapFromSource(self.model.index(row, 0))
+                selection.select(
+                    index,
+                    selection.SelectionFlag.Select | selection.SelectionFlag.Rows,
+                )
+
+    def _selection_changed(self, *_args: object) -> None:
+        count = len(self.selected_snapshots())
+        self.restore_button.setEnabled(count <= 1 and bool(self.model.rows))
+        self.restore_button.setToolTip(
+            "Browse the selected snapshot and restore files from it (double-click a row too)"
+            if count <= 1
+            else "Select one snapshot to restore from"
+        )
+        self.diff_button.setEnabled(count == 2)
+        self.diff_button.setToolTip(
+            "Compare the two selected snapshots: what was added, removed and modified"
+            if count == 2
+            else "Select exactly two snapshots (Ctrl+click) to compare them"
+        )
+
+    def open_restore(self, snapshot_id: str | None = None) -> QWidget:
+        """The restore browser for this host, on ``snapshot_id`` (default: the newest)."""
+        from ui_qt.restore.browser import RestoreBrowser  # the browser imports this module
+
+        browser = self.restore_browser
+        if browser is not None and alive(browser):
+            if snapshot_id is not None and isinstance(browser, RestoreBrowser):
+                browser.browse.select_snapshot(snapshot_id)
+        else:
+            browser = RestoreBrowser(self.ctx, self.navigator, self.host_id, snapshot_id, self)
+            browser.started.connect(self.restore_started)
+            self.restore_browser = browser
+        browser.show()
+        browser.raise_()
+        browser.activateWindow()
+        return browser
+
+    def restore_selected(self) -> None:
+        if not self.restore_button.isEnabled():
+            return
+        selected = self.selected_snapshots()
+        self.open_restore(selected[0].id if selected else None)
+
+    def diff_selected(self) -> None:
+        selected = self.selected_snapshots()
+        if len(selected) != 2 or not self.diff_button.isEnabled():
+            return
+        # Older first, so "added" means added since the older snapshot.
+        older, newer = sorted(selected, key=lambda s: snapshot_timestamp(s.time) or 0.0)
+        set_error(self.action_error, None)
+        self.diff_button.setEnabled(False)
+
+        def done(job_id: str) -> None:
+            self._selection_changed()
+            self.navigator.open_job(job_id)
+
+        def failed(exc: Exception) -> None:
+            self._selection_changed()
+            set_error(self.action_error, f"Could not start the diff: {error_text(exc)}")
+
+        self.ctx.runner.run(
+            self.ctx.restore.start_diff(self.host_id, older.id, newer.id, OPERATOR),
+            what="starting a diff",
+            on_done=guarded(self, done),
+            on_error=guarded(self, failed),
+        )
+
+    def _context_menu(self, pos: QPoint) -> None:
+        menu = QMenu(self)
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        restore = QAction("Restore from this snapshot…", menu)
+        restore.setEnabled(self.restore_button.isEnabled())
+        restore.triggered.connect(self.restore_selected)
+        diff = QAction("Diff the two selected snapshots", menu)
+        diff.setEnabled(self.diff_button.isEnabled())
+        diff.triggered.connect(self.diff_selected)
+        menu.addAction(restore)
+        menu.addAction(diff)
+        self.context_menu = menu
+        menu.popup(self.table.viewport().mapToGlobal(pos))
 
     def _update_summary(self) -> None:
         rows = self.model.rows
