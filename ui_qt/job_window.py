@@ -355,7 +355,11 @@ class JobWindow(QWidget):
             "processed": (1, 2, "Processed"),
             "data_added": (2, 2, "Data added"),
             "exit_code": (3, 2, "Exit code"),
-            "error": (4, 0, "Error"),
+            # Restore and diff jobs.
+            "target": (4, 0, "Restored to"),
+            "restored": (4, 2, "Restored"),
+            "changes": (5, 0, "Changes"),
+            "error": (6, 0, "Error"),
         }
         for key, (row, column, caption) in places.items():
             label = _caption(caption)
@@ -616,6 +620,25 @@ class JobWindow(QWidget):
             "log",
             f"{job.log_lines:,} lines" + (f" ({lost:,} lost in transit)" if lost > 0 else ""),
         )
+        if "files_restored" in summary or "bytes_restored" in summary:
+            put(
+                "restored",
+                f"{int(summary.get('files_restored') or 0):,} files · "
+                f"{human_bytes(int(summary.get('bytes_restored') or 0))}",
+            )
+        else:
+            put("restored", None)
+        target = summary.get("target")
+        put("target", str(target) if target else None)
+        if {"added", "removed", "modified"} & summary.keys():
+            put(
+                "changes",
+                f"{int(summary.get('added') or 0):,} added · "
+                f"{int(summary.get('removed') or 0):,} removed · "
+                f"{int(summary.get('modified') or 0):,} modified",
+            )
+        else:
+            put("changes", None)
         error_tint = error_colour(palette) if job.status == "failed" else None
         put("error", job.error, error_tint)
 

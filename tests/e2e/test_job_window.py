@@ -425,3 +425,30 @@ async def test_a_closed_window_stops_listening(driver: Driver, windows, ui: UiCo
     await driver.finish(status="succeeded", exit_code=0)
     await asyncio.sleep(0.3)
     assert ui.runner.pending() == 0
+
+
+async def test_restore_and_diff_summaries(driver: Driver, windows) -> None:
+    restore = uuid.uuid4().hex
+    await driver.start(restore, kind="restore")
+    await driver.finish(
+        restore,
+        status="succeeded",
+        exit_code=0,
+        summary={"files_restored": 1234, "bytes_restored": 5 * MiB, "target": "/root/restores/x"},
+    )
+    window = windows(restore)
+    await until(lambda: window.summary_panel.isVisible(), "the restore summary")
+    fields = {k: label.text() for k, label in window.summary_fields.items()}
+    assert fields["restored"] == "1,234 files · 5.0 MiB"
+    assert fields["target"] == "/root/restores/x"
+    assert not window.summary_fields["changes"].isVisible()
+
+    diff = uuid.uuid4().hex
+    await driver.start(diff, kind="diff")
+    await driver.finish(
+        diff, status="succeeded", exit_code=0, summary={"added": 3, "removed": 1, "modified": 2}
+    )
+    window = windows(diff)
+    await until(lambda: window.summary_panel.isVisible(), "the diff summary")
+    assert window.summary_fields["changes"].text() == "3 added · 1 removed · 2 modified"
+    assert not window.summary_fields["restored"].isVisible()
