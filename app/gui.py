@@ -179,6 +179,7 @@ class MainThreadGc(QObject):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._was_enabled = gc.isenabled()
+        self._frozen = False
         self._timer = QTimer(self)
         self._timer.setInterval(self.INTERVAL_MS)
         self._timer.timeout.connect(self.check)
@@ -187,8 +188,20 @@ class MainThreadGc(QObject):
         gc.disable()
         self._timer.start()
 
+    def freeze(self) -> None:
+        """Keep what lives for the whole run (modules, the control plane, the
+        window: ~90k objects) out of every later collection: a full one then
+        holds the loop ~3 ms instead of ~65 ms. Objects are still freed when
+        their last reference goes; only a reference cycle among them that
+        became garbage waits for ``stop()``, which thaws them."""
+        gc.freeze()
+        self._frozen = True
+
     def stop(self) -> None:
         self._timer.stop()
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
         if self._was_enabled:
             gc.enable()
 
@@ -388,6 +401,7 @@ class Shell(QObject):
             if not await self._start_control_plane():
                 return 1
             self._build_ui()
+            self._gc.freeze()
             await self.quit_requested.wait()
             await self._shutdown()
             return 0
@@ -463,7 +477,8 @@ class Shell(QObject):
         # First run: the empty fleet offers to set up an agent on this computer.
         window.fleet.offer_this_computer(LocalAgent.for_control_plane(cp))
         self.errors.set_parent_window(window)
-        tray = Tray(self.ctx, window)
+        # The tray follows the fleet view's rows instead of reading the fleet again.
+        tray = Tray(self.ctx, window, fleet=window.fleet.model)
         self.tray = tray
         # No tray to come back from: closing the window quits.
         window.close_to_tray = tray.available

@@ -1,17 +1,25 @@
 """The fleet table's item model and its filter/sort proxy.
 
 ``FleetModel.apply(views)`` diffs a fresh ``list_hosts()`` result against the
-rows it holds and emits the smallest set of changes: ``dataChanged`` for a
-changed row, ``rowsInserted`` / ``rowsRemoved`` for hosts that came or went.
+rows it holds and emits the smallest set of changes: ``dataChanged`` for the
+cells of a row whose content changed, ``rowsInserted`` / ``rowsRemoved`` for
+hosts that came or went. ``apply(views, only=ids)`` does the same for a
+refresh of a few hosts (a host asked for and not returned was deleted).
 Only the very first load resets the model, so selection, scroll position
 and sorting survive every heartbeat.
+
+Qt calls ``data``/``columnCount`` tens of thousands of times a second while
+a big table repaints or sorts: those stay cheap (no enum construction, no
+regex on the sort path).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from enum import IntEnum
 from typing import Any
 
@@ -105,6 +113,35 @@ _NEVER = 1e18  # sorts hosts without a next run after every real time
 
 _STATE_RANK = {ONLINE: 0, OFFLINE: 1, NEVER: 2}
 _NUMERIC = (Column.SIZE, Column.SNAPSHOTS, Column.ALERTS)
+_COLUMNS = tuple(Column)  # column number -> Column without calling the enum
+COLUMN_COUNT = len(_COLUMNS)
+_DISPLAY = int(Qt.ItemDataRole.DisplayRole)
+_MISSING = object()
+
+# The HostView fields each column's cell is drawn from (text, sort key,
+# colour, icon, font, sparkline). Tooltips do not count: Qt asks for them
+# when it shows one. A change to any other field (nothing drawn from it)
+# is signalled on column 0 for HOST_ROLE only.
+FIELD_COLUMNS: dict[str, tuple[Column, ...]] = {
+    "name": (Column.NAME,),
+    "status": (Column.STATUS,),
+    "enrolled": (Column.STATUS,),
+    "last_seen_at": (Column.STATUS,),
+    "os": (Column.PLATFORM,),
+    "arch": (Column.PLATFORM,),
+    "agent_version": (Column.AGENT,),
+    "restic_version": (Column.RESTIC,),
+    "last_backup_at": (Column.LAST_BACKUP,),
+    "last_backup_status": (Column.LAST_BACKUP,),
+    "next_run_at": (Column.NEXT_RUN,),
+    "repo_status": (Column.REPO,),
+    "repo_size_bytes": (Column.SIZE,),
+    "size_history": (Column.SIZE,),
+    "snapshot_count": (Column.SNAPSHOTS,),
+    "open_alerts": (Column.ALERTS,),
+    "tags": (Column.TAGS,),
+}
+_FIELDS = tuple(f.name for f in dataclasses.fields(HostView))
 
 
 def host_state(view: HostView) -> str:
@@ -126,11 +163,30 @@ def repo_needs_attention(view: HostView) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=16_384)
 def natural_key(version: str | None) -> str:
-    """A string that sorts numbers inside text numerically: 0.9.0 < 0.14.0, web-2 < web-10."""
+    """A string that sorts numbers inside text numerically: 0.9.0 < 0.14.0, web-2 < web-10.
+
+    Cached: sorting 1,000 rows asks for about 20,000 keys, and names and
+    versions hardly ever change."""
     if not version:
         return ""
     return re.sub(r"\d+", lambda m: m.group(0).rjust(8, "0"), version.casefold())
+
+
+def changed_columns(old: HostView, new: HostView) -> tuple[list[int], bool]:
+    """The columns whose cells differ between two versions of a row, sorted,
+    and whether any field that no cell shows changed."""
+    columns: set[int] = set()
+    hidden = False
+    for name in _FIELDS:
+        if getattr(old, name) != getattr(new, name):
+            shown = FIELD_COLUMNS.get(name)
+            if shown is None:
+                hidden = True
+            else:
+                columns.update(int(c) for c in shown)
+    return sorted(columns), hidden
 
 
 class FleetModel(QAbstractTableModel):
@@ -148,6 +204,8 @@ class FleetModel(QAbstractTableModel):
         super().__init__(parent)
         self._rows: list[HostView] = []
         self._row_of: dict[int, int] = {}
+        # Sort key per host and column, for the version of the row shown.
+        self._sort_keys: dict[int, dict[int, Any]] = {}
         self._loaded = False
         self._now = now
         self._dots: dict[str, QIcon] = {}
@@ -181,29 +239,41 @@ class FleetModel(QAbstractTableModel):
 
     # -- updating --------------------------------------------------------------
 
-    def apply(self, views: Iterable[HostView]) -> None:
-        """Bring the rows in line with ``views`` (the whole fleet)."""
+    def apply(self, views: Iterable[HostView], only: Collection[int] | None = None) -> None:
+        """Bring the rows in line with ``views``: the whole fleet, or with
+        ``only`` the hosts a partial refresh asked for (an id in ``only``
+        missing from ``views`` is a host that no longer exists)."""
         fresh = list(views)
         if not self._loaded:
+            if only is not None:
+                raise ValueError("the first load must be the whole fleet")
             self.beginResetModel()
             self._rows = fresh
+            self._sort_keys.clear()
             self._reindex()
             self._loaded = True
             self.endResetModel()
             self.applied.emit()
             return
         wanted = {v.id for v in fresh}
-        gone = [row for row, v in enumerate(self._rows) if v.id not in wanted]
+        if only is None:
+            gone = [row for row, v in enumerate(self._rows) if v.id not in wanted]
+        else:
+            gone = [
+                row for row in (self._row_of.get(h) for h in set(only) - wanted) if row is not None
+            ]
         self._remove_rows(gone)
-        last_col = self.columnCount() - 1
         added: list[HostView] = []
         for view in fresh:
             row = self._row_of.get(view.id)
             if row is None:
                 added.append(view)
-            elif self._rows[row] != view:
-                self._rows[row] = view
-                self.dataChanged.emit(self.index(row, 0), self.index(row, last_col))
+            else:
+                old = self._rows[row]
+                if old != view:
+                    self._rows[row] = view
+                    self._sort_keys.pop(view.id, None)
+                    self._signal_changed(row, old, view)
         if added:
             first = len(self._rows)
             self.beginInsertRows(QModelIndex(), first, first + len(added) - 1)
@@ -211,6 +281,15 @@ class FleetModel(QAbstractTableModel):
             self._reindex()
             self.endInsertRows()
         self.applied.emit()
+
+    def _signal_changed(self, row: int, old: HostView, new: HostView) -> None:
+        # Only the cells that changed: fewer repaints, and the proxy re-sorts
+        # a row only when its sort column is among them.
+        columns, hidden = changed_columns(old, new)
+        for first, last in _runs(columns):
+            self.dataChanged.emit(self.index(row, first), self.index(row, last))
+        if hidden and not columns:
+            self.dataChanged.emit(self.index(row, 0), self.index(row, 0), [HOST_ROLE])
 
     def remove_ids(self, host_ids: Iterable[int]) -> None:
         """Drop hosts at once (a deletion event) without waiting for a refresh."""
@@ -223,6 +302,8 @@ class FleetModel(QAbstractTableModel):
         # Contiguous runs, from the bottom up so earlier row numbers stay valid.
         for first, last in reversed(_runs(sorted(rows))):
             self.beginRemoveRows(QModelIndex(), first, last)
+            for view in self._rows[first : last + 1]:
+                self._sort_keys.pop(view.id, None)
             del self._rows[first : last + 1]
             self._reindex()
             self.endRemoveRows()
@@ -246,31 +327,40 @@ class FleetModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(self._rows)
 
     def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(Column)
+        return 0 if parent.isValid() else COLUMN_COUNT
 
     def headerData(
         self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
     ) -> Any:
-        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(Column):
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < COLUMN_COUNT:
             return None
-        title, tip = HEADERS[Column(section)]
+        title, tip = HEADERS[_COLUMNS[section]]
         if role == Qt.ItemDataRole.DisplayRole:
             return title
         if role == Qt.ItemDataRole.ToolTipRole:
             return tip
-        if role == Qt.ItemDataRole.TextAlignmentRole and Column(section) in _NUMERIC:
+        if role == Qt.ItemDataRole.TextAlignmentRole and _COLUMNS[section] in _NUMERIC:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+        row = index.row()  # -1 for an invalid index
+        if not 0 <= row < len(self._rows):
             return None
-        view = self._rows[index.row()]
-        col = Column(index.column())
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._display(view, col)
+        view = self._rows[row]
+        column = index.column()
         if role == SORT_ROLE:
-            return self._sort_value(view, col)
+            # Sorting 1,000 rows asks ~20,000 times: answer from the cache.
+            keys = self._sort_keys.get(view.id)
+            if keys is None:
+                keys = self._sort_keys[view.id] = {}
+            key = keys.get(column, _MISSING)
+            if key is _MISSING:
+                key = keys[column] = self._sort_value(view, _COLUMNS[column])
+            return key
+        col = _COLUMNS[column]
+        if role == _DISPLAY:
+            return self._display(view, col)
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(view, col)
         if role == Qt.ItemDataRole.ForegroundRole:

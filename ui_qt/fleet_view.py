@@ -1,19 +1,24 @@
 """Fleet (home): summary tiles, filters and the live hosts table.
 
 Live without reloads: the bridge says which hosts changed; the view asks
-``HostService.list_hosts()`` again (one query set, whatever the fleet size)
-and ``FleetModel.apply`` updates the rows in place. At most one refresh is
-in flight; changes that arrive meanwhile trigger exactly one more.
+``HostService.list_hosts(ids)`` for those hosts only and ``FleetModel.apply``
+updates their rows in place. The whole fleet is read once at start and on F5.
+At most one refresh is in flight; changes that arrive meanwhile are
+collected and fetched by exactly one more.
+
+The model is also the app's fleet snapshot: the tray follows it instead of
+reading the fleet a second time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import shiboken6
-from PySide6.QtCore import QByteArray, QEvent, QModelIndex, QObject, QPoint, Qt, Signal
+from PySide6.QtCore import QByteArray, QEvent, QModelIndex, QObject, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QAction,
     QGuiApplication,
@@ -21,6 +26,7 @@ from PySide6.QtGui import (
     QKeySequence,
     QPalette,
     QShortcut,
+    QShowEvent,
 )
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -69,6 +75,11 @@ KEY_SORT_COLUMN = "fleet/sort_column"
 KEY_SORT_ORDER = "fleet/sort_order"
 # Versioned: a saved header state from before a column was added would shift widths.
 KEY_HEADER = "fleet/header2"
+# How often hosts whose next run has passed are read again (for their next one).
+DUE_CHECK_MS = 30_000
+# Past this many changed hosts (everyone went offline), read the whole fleet:
+# as cheap, and no statement with thousands of ids.
+FULL_READ_ABOVE = 500
 
 
 class HostTable(QTableView):
@@ -98,6 +109,13 @@ class FleetView(QWidget):
         self.navigator = navigator
         self._in_flight = False
         self._again = False
+        # What the next refresh fetches: the whole fleet, or these hosts.
+        self._want_full = False
+        self._dirty: set[int] = set()
+        # What the refresh in flight asked for (None: the whole fleet), and
+        # hosts deleted since it started (its result may still carry them).
+        self._scope: frozenset[int] | None = None
+        self._deleted_in_flight: set[int] = set()
         self._sized = False
         self._header_restored = False
         # Set by the app (offer_this_computer) where it can run a local agent.
@@ -133,6 +151,10 @@ class FleetView(QWidget):
             signal.connect(self._update_match_state)
         ctx.bridge.hosts_changed.connect(self._on_hosts_changed)
         ctx.bridge.hosts_removed.connect(self._on_hosts_removed)
+        self._due_timer = QTimer(self)
+        self._due_timer.setInterval(DUE_CHECK_MS)
+        self._due_timer.timeout.connect(self.refresh_due)
+        self._due_timer.start()
         self._update_summary()
         self._update_match_state()
         self.reload()
@@ -227,6 +249,10 @@ class FleetView(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 10)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        # Size columns from the rows on screen only: Qt's default looks at up
+        # to 1,000 rows (a second's stall with a big fleet). Names further
+        # down that do not fit are elided; the operator can widen the column.
+        header.setResizeContentsPrecision(0)
         header.setStretchLastSection(True)
         header.setHighlightSections(False)
         header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
@@ -364,13 +390,29 @@ class FleetView(QWidget):
     # -- public ------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Fetch the fleet again (F5). Coalesces with a refresh already in flight."""
+        """Fetch the whole fleet again (F5). Coalesces with a refresh already in flight."""
+        self._want_full = True
+        self._refresh()
+
+    def _refresh(self) -> None:
         if self._in_flight:
             self._again = True
             return
+        if self._want_full or not self.model.loaded() or len(self._dirty) > FULL_READ_ABOVE:
+            scope = None
+            self._want_full = False
+            self._dirty.clear()
+            call = self.ctx.hosts.list_hosts()
+        elif self._dirty:
+            scope = frozenset(self._dirty)
+            self._dirty.clear()
+            call = self.ctx.hosts.list_hosts(sorted(scope))
+        else:
+            return
         self._in_flight = True
+        self._scope = scope
         self.ctx.runner.run(
-            self.ctx.hosts.list_hosts(),
+            call,
             what="Loading the fleet",
             on_done=self._on_loaded,
             on_error=self._on_load_failed,
@@ -378,6 +420,20 @@ class FleetView(QWidget):
 
     def refreshing(self) -> bool:
         return self._in_flight
+
+    def refresh_due(self) -> None:
+        """Re-read the hosts whose next run has passed: nothing else tells the
+        view that their schedule moved on (the server computes the next run
+        when asked)."""
+        if not self.model.loaded():
+            return
+        now = time.time()
+        due = {
+            v.id for v in self.model.hosts() if v.next_run_at is not None and v.next_run_at <= now
+        }
+        if due:
+            self._dirty |= due
+            self._refresh()
 
     def offer_this_computer(self, launcher: LocalAgentLauncher | None) -> None:
         """Let the empty fleet offer "Add this computer", set up through ``launcher``."""
@@ -417,23 +473,36 @@ class FleetView(QWidget):
 
     # -- live updates --------------------------------------------------------------
 
-    def _on_hosts_changed(self, _ids: object) -> None:
-        self.reload()
+    def _on_hosts_changed(self, ids: object) -> None:
+        if isinstance(ids, set | frozenset | list | tuple):
+            self._dirty.update(int(i) for i in ids)
+        else:  # no ids: read everything
+            self._want_full = True
+        self._refresh()
 
     def _on_hosts_removed(self, ids: object) -> None:
-        if isinstance(ids, set | frozenset | list | tuple):
-            self.model.remove_ids(int(i) for i in ids)
-        # A refresh already in flight may still carry the deleted hosts.
-        self.reload()
+        if not isinstance(ids, set | frozenset | list | tuple):
+            self.reload()
+            return
+        removed = {int(i) for i in ids}
+        self.model.remove_ids(removed)
+        self._dirty -= removed
+        if self._in_flight:
+            self._deleted_in_flight |= removed
 
     def _on_loaded(self, views: list[HostView]) -> None:
         if not shiboken6.isValid(self):
             return
         self._in_flight = False
-        self.show_hosts(views)
+        if self._deleted_in_flight:
+            views = [v for v in views if v.id not in self._deleted_in_flight]
+            self._deleted_in_flight.clear()
+        self.error_label.setVisible(False)
+        self.model.apply(views, only=self._scope)
+        self._scope = None
         if self._again:
             self._again = False
-            self.reload()
+            self._refresh()
         self.refreshed.emit()
 
     def _on_load_failed(self, exc: Exception) -> None:
@@ -441,6 +510,11 @@ class FleetView(QWidget):
             return
         log.warning("loading the fleet failed: %s", exc)
         self._in_flight = False
+        if self._scope is not None:
+            # Still to fetch, with the next change or F5.
+            self._dirty |= self._scope - self._deleted_in_flight
+        self._scope = None
+        self._deleted_in_flight.clear()
         self.error_label.setText(f"Could not load the fleet: {exc}. Press F5 to try again.")
         pal = self.error_label.palette()
         pal.setColor(self.error_label.foregroundRole(), text_color(Tone.BAD, self.palette()))
@@ -448,7 +522,7 @@ class FleetView(QWidget):
         self.error_label.setVisible(True)
         if self._again:
             self._again = False
-            self.reload()
+            self._refresh()
 
     def _on_model_applied(self) -> None:
         self.tag_chips.set_tags(self.model.all_tags())
@@ -458,7 +532,7 @@ class FleetView(QWidget):
         self._update_this_computer()
         if self.pages.currentWidget() is not target:
             self.pages.setCurrentWidget(target)
-        if not self._sized and self.model.rowCount():
+        if not self._sized and self.model.rowCount() and self.table.isVisible():
             self._size_columns()
         self._update_match_state()
 
@@ -530,7 +604,15 @@ class FleetView(QWidget):
             self.count_label.setText(f"Showing {shown} of {total}")
         self.no_match.setVisible(bool(total) and shown == 0)
 
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        # Loaded while hidden (started in the tray): size the columns now.
+        if not self._sized and self.model.rowCount() and self.table.isVisible():
+            self._size_columns()
+
     def _size_columns(self) -> None:
+        # Only once the table is on screen: hidden, Qt measures every row
+        # whatever the header's resize precision.
         self._sized = True
         if self._header_restored:
             return

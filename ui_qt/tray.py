@@ -1,9 +1,12 @@
 """The tray icon: fleet health at a glance, a short menu, notifications.
 
 The icon reflects ``fleet_health`` over the fleet rows (ok / warning /
-critical), refreshed when hosts change — throttled, so a fleet of
-heartbeating agents costs at most a couple of queries a second. A
-notification goes out when a job fails or an always-on host goes offline.
+critical), refreshed when hosts change — throttled to a couple of times a
+second however busy the fleet is. In the app the rows come from the fleet
+view's model (``fleet=``), which already follows every change, so the tray
+never reads the fleet a second time; without one (tests, tools) the tray
+reads ``list_hosts()`` itself. A notification goes out when a job fails or
+an always-on host goes offline.
 
 Without a system tray (``QT_QPA_PLATFORM=offscreen``, a desktop without a
 tray) everything still runs — state, menu and notification requests are
@@ -17,18 +20,19 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, QTimer, Signal, SignalInstance
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from server_core.views import HostView, JobView
 from ui_qt.context import UiContext
 from ui_qt.fleet_health import CRITICAL, OK, WARNING, FleetHealth, fleet_health
+from ui_qt.fleet_model import FleetModel
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +93,14 @@ class Tray(QObject):
         ctx: UiContext,
         window: TrayWindow,
         *,
+        fleet: FleetModel | None = None,
         icons_dir: Path = ICONS_DIR,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
         self.ctx = ctx
         self.window = window
+        self.fleet = fleet
         self.available = QSystemTrayIcon.isSystemTrayAvailable()
         self.health = fleet_health([])
         self.notifications: list[Notification] = []
@@ -141,9 +147,18 @@ class Tray(QObject):
         self._jobs_timer.setSingleShot(True)
         self._jobs_timer.setInterval(REFRESH_MS)
         self._jobs_timer.timeout.connect(self._check_jobs_now)
-        ctx.bridge.hosts_changed.connect(self._hosts_dirty)
-        ctx.bridge.hosts_removed.connect(self._hosts_dirty)
-        ctx.bridge.jobs_changed.connect(self._jobs_dirty)
+        self._connections: list[tuple[SignalInstance, Callable[..., None]]] = [
+            (ctx.bridge.jobs_changed, self._jobs_dirty)
+        ]
+        if fleet is not None:
+            self._connections.append((fleet.applied, self._hosts_dirty))
+        else:
+            self._connections += [
+                (ctx.bridge.hosts_changed, self._hosts_dirty),
+                (ctx.bridge.hosts_removed, self._hosts_dirty),
+            ]
+        for signal, slot in self._connections:
+            signal.connect(slot)
         self._apply(self.health)
 
     # -- life cycle ------------------------------------------------------------
@@ -157,13 +172,11 @@ class Tray(QObject):
         self._stopped = True
         self._refresh_timer.stop()
         self._jobs_timer.stop()
-        for signal, slot in (
-            (self.ctx.bridge.hosts_changed, self._hosts_dirty),
-            (self.ctx.bridge.hosts_removed, self._hosts_dirty),
-            (self.ctx.bridge.jobs_changed, self._jobs_dirty),
-        ):
+        for signal, slot in self._connections:
+            # The sender (the fleet model with its window) may be gone already.
             with contextlib.suppress(RuntimeError, TypeError):
                 signal.disconnect(slot)
+        self._connections.clear()
         self.icon.hide()
 
     # -- fleet health ------------------------------------------------------------
@@ -178,6 +191,12 @@ class Tray(QObject):
 
     def refresh_now(self) -> None:
         if self._stopped:
+            return
+        if self.fleet is not None:
+            # The fleet view keeps the rows current; nothing to read.
+            if self.fleet.loaded():
+                self.refreshes += 1
+                self.update_hosts(self.fleet.hosts())
             return
         if self._refreshing:
             self._refresh_again = True

@@ -7,23 +7,11 @@ import json
 import time
 from typing import Any, Protocol
 
-import peewee as pw
-
 from agent.protocol import redact_url
 from server_core import agent_sync, audit, credentials, cron, plan_views
 from server_core.errors import InvalidInput, NotFound
 from server_core.events import HostChanged, HostRemoved
-from server_core.models import (
-    Alert,
-    Host,
-    HostCredential,
-    Job,
-    RepoStats,
-    RepoStatsDaily,
-    Schedule,
-    ScheduleGroup,
-    Snapshot,
-)
+from server_core.models import Host, HostCredential, Snapshot
 from server_core.services.context import Actor, ServiceContext
 from server_core.views import CredentialSummary, HostView, SnapshotView, SourceGroupView
 
@@ -41,94 +29,128 @@ class JobDispatcher(Protocol):
     ) -> str: ...
 
 
+# The fleet rows in one statement, whatever the fleet size: each host's
+# latest finished backup and latest restore are one index seek on
+# job(host_id, kind, finished_at), found by rowid and joined back; counts are
+# index seeks too. ``+j.created_at`` keeps SQLite from walking every job of
+# the host in job(host_id, created_at) order to find its few restores. Ties
+# between backups finished at the same moment go to the one recorded last.
+_FLEET_SQL = """
+SELECT h.id, h.name, h.online, h.enrolled_at, h.os, h.arch, h.agent_version,
+       h.restic_version, h.last_seen_at, h.repo_status, h.repo_status_error, h.tags,
+       h.presence_mode, h.created_at, h.schedule_version, h.schedule_acked_version,
+       h.upload_kib_s, h.download_kib_s,
+       b.finished_at, b.status, b.warnings,
+       r.id, r.status, COALESCE(r.finished_at, r.started_at, r.created_at),
+       (SELECT COUNT(*) FROM snapshot s WHERE s.host_id = h.id),
+       (SELECT t.total_size FROM repo_stats t WHERE t.host_id = h.id),
+       (SELECT COUNT(*) FROM alert a WHERE a.host_id = h.id AND a.status != 'resolved')
+FROM (
+    SELECT host.*,
+           (SELECT j.rowid FROM job j
+             WHERE j.host_id = host.id AND j.kind = 'backup' AND j.finished_at IS NOT NULL
+             ORDER BY j.finished_at DESC, j.rowid DESC LIMIT 1) AS backup_row,
+           (SELECT j.rowid FROM job j
+             WHERE j.host_id = host.id AND j.kind = 'restore'
+             ORDER BY +j.created_at DESC, j.id DESC LIMIT 1) AS restore_row
+    FROM host {where}
+) AS h
+LEFT JOIN job b ON b.rowid = h.backup_row
+LEFT JOIN job r ON r.rowid = h.restore_row
+ORDER BY h.name
+"""
+# Enabled schedules that back something up.
+_SCHEDULES_SQL = """
+SELECT DISTINCT s.host_id, s.cron FROM schedule s
+JOIN schedule_group g ON g.schedule_id = s.id
+WHERE s.enabled {and_hosts}
+"""
+# CROSS JOIN keeps host as the outer loop: a seek on repo_stats_daily(host_id,
+# day) per host reads the window only, not a year of history for everyone.
+_HISTORY_SQL = """
+SELECT d.host_id, d.day, d.total_size FROM host h
+CROSS JOIN repo_stats_daily d ON d.host_id = h.id AND d.day >= ?
+{where}
+"""
+
+
+def _ids_in(column: str, ids: list[int]) -> str:
+    return f"{column} IN ({','.join('?' * len(ids))})"
+
+
 def host_views(host_ids: list[int] | None = None, now: float | None = None) -> list[HostView]:
-    """Build fleet rows with a fixed number of queries, whatever the fleet size."""
+    """Build fleet rows (all hosts, or those of ``host_ids`` that exist, by name)
+    in three statements whatever the fleet size, reading plain rows."""
     now = time.time() if now is None else now
-    query = Host.select().order_by(Host.name)
-    if host_ids is not None:
-        query = query.where(Host.id.in_(host_ids))
-    hosts = list(query)
-    if not hosts:
+    ids = None if host_ids is None else list(dict.fromkeys(int(i) for i in host_ids))
+    if ids is not None and not ids:
         return []
-    ids = [h.id for h in hosts]
-    # The latest finished backup of every host, in one query.
-    ranked = (
-        Job.select(
-            Job.host,
-            Job.finished_at,
-            Job.status,
-            Job.warnings,
-            pw.fn.ROW_NUMBER()
-            .over(partition_by=[Job.host], order_by=[Job.finished_at.desc()])
-            .alias("rank"),
-        )
-        .where(Job.host.in_(ids) & (Job.kind == "backup") & Job.finished_at.is_null(False))
-        .alias("ranked")
-    )
-    latest = (
-        pw.Select(
-            from_list=[ranked],
-            columns=[ranked.c.host_id, ranked.c.finished_at, ranked.c.status, ranked.c.warnings],
-        )
-        .where(ranked.c.rank == 1)
-        .bind(Job._meta.database)
-    )
-    last_backup: dict[int, tuple[float, str]] = {}
-    for host_id, at, status, warnings in latest.tuples():
-        if status == "succeeded" and warnings:
-            status = "succeeded_with_warnings"
-        last_backup[host_id] = (at, status)
-    last_restore = _latest_restores(ids)
-    snap_counts = dict(
-        Snapshot.select(Snapshot.host, pw.fn.COUNT(Snapshot.id))
-        .where(Snapshot.host.in_(ids))
-        .group_by(Snapshot.host)
-        .tuples()
-    )
-    sizes = dict(
-        RepoStats.select(RepoStats.host, RepoStats.total_size)
-        .where(RepoStats.host.in_(ids))
-        .tuples()
-    )
-    alerts = dict(
-        Alert.select(Alert.host, pw.fn.COUNT(Alert.id))
-        .where(Alert.host.in_(ids) & (Alert.status != "resolved"))
-        .group_by(Alert.host)
-        .tuples()
-    )
-    next_runs = _next_runs(ids, now)
-    history = _size_history(ids, now)
+    db = Host._meta.database
+    where = "" if ids is None else "WHERE " + _ids_in("host.id", ids)
+    rows = db.execute_sql(_FLEET_SQL.format(where=where), ids or []).fetchall()
+    if not rows:
+        return []
+    next_runs = _next_runs(db, ids, now)
+    history = _size_history(db, ids, now)
     views = []
-    for h in hosts:
-        at, status = last_backup.get(h.id, (None, None))
-        restore_id, restore_status, restore_at = last_restore.get(h.id, (None, None, None))
+    for (
+        host_id,
+        name,
+        online,
+        enrolled_at,
+        os,
+        arch,
+        agent_version,
+        restic_version,
+        last_seen_at,
+        repo_status,
+        repo_status_error,
+        tags,
+        presence_mode,
+        created_at,
+        schedule_version,
+        schedule_acked_version,
+        upload_kib_s,
+        download_kib_s,
+        backup_at,
+        backup_status,
+        backup_warnings,
+        restore_id,
+        restore_status,
+        restore_at,
+        snapshot_count,
+        repo_size,
+        open_alerts,
+    ) in rows:
+        if backup_status == "succeeded" and backup_warnings:
+            backup_status = "succeeded_with_warnings"
         views.append(
             HostView(
-                id=h.id,
-                name=h.name,
-                status="online" if h.online else "offline",
-                enrolled=h.enrolled_at is not None,
-                os=h.os,
-                arch=h.arch,
-                agent_version=h.agent_version,
-                restic_version=h.restic_version,
-                last_seen_at=h.last_seen_at,
-                last_backup_at=at,
-                last_backup_status=status,
-                repo_status=h.repo_status,
-                repo_status_error=h.repo_status_error,
-                snapshot_count=int(snap_counts.get(h.id, 0)),
-                repo_size_bytes=sizes.get(h.id),
-                open_alerts=int(alerts.get(h.id, 0)),
-                tags=list(json.loads(h.tags)),
-                presence_mode=h.presence_mode,
-                created_at=h.created_at,
-                schedule_version=h.schedule_version,
-                schedule_acked_version=h.schedule_acked_version,
-                next_run_at=next_runs.get(h.id),
-                size_history=history.get(h.id, [None] * SIZE_HISTORY_DAYS),
-                upload_kib_s=h.upload_kib_s,
-                download_kib_s=h.download_kib_s,
+                id=host_id,
+                name=name,
+                status="online" if online else "offline",
+                enrolled=enrolled_at is not None,
+                os=os,
+                arch=arch,
+                agent_version=agent_version,
+                restic_version=restic_version,
+                last_seen_at=last_seen_at,
+                last_backup_at=backup_at,
+                last_backup_status=backup_status,
+                repo_status=repo_status,
+                repo_status_error=repo_status_error,
+                snapshot_count=int(snapshot_count),
+                repo_size_bytes=repo_size,
+                open_alerts=int(open_alerts),
+                tags=list(json.loads(tags)),
+                presence_mode=presence_mode,
+                created_at=created_at,
+                schedule_version=schedule_version,
+                schedule_acked_version=schedule_acked_version,
+                next_run_at=next_runs.get(host_id),
+                size_history=history.get(host_id, [None] * SIZE_HISTORY_DAYS),
+                upload_kib_s=upload_kib_s,
+                download_kib_s=download_kib_s,
                 latest_restore_job_id=restore_id,
                 latest_restore_status=restore_status,
                 latest_restore_at=restore_at,
@@ -137,46 +159,14 @@ def host_views(host_ids: list[int] | None = None, now: float | None = None) -> l
     return views
 
 
-def _latest_restores(ids: list[int]) -> dict[int, tuple[str, str, float]]:
-    """Each host's most recently queued restore job: (id, status, when it
-    finished, else started, else was queued), in one query."""
-    ranked = (
-        Job.select(
-            Job.host,
-            Job.id,
-            Job.status,
-            pw.fn.COALESCE(Job.finished_at, Job.started_at, Job.created_at).alias("at"),
-            pw.fn.ROW_NUMBER()
-            .over(partition_by=[Job.host], order_by=[Job.created_at.desc(), Job.id.desc()])
-            .alias("rank"),
-        )
-        .where(Job.host.in_(ids) & (Job.kind == "restore"))
-        .alias("ranked")
-    )
-    latest = (
-        pw.Select(
-            from_list=[ranked],
-            columns=[ranked.c.host_id, ranked.c.id, ranked.c.status, ranked.c.at],
-        )
-        .where(ranked.c.rank == 1)
-        .bind(Job._meta.database)
-    )
-    return {host_id: (job_id, status, at) for host_id, job_id, status, at in latest.tuples()}
-
-
 SIZE_HISTORY_DAYS = 30
 
 
-def _next_runs(ids: list[int], now: float) -> dict[int, float]:
+def _next_runs(db: Any, ids: list[int] | None, now: float) -> dict[int, float]:
     """Earliest next firing of each host's enabled schedules that back
     something up (one query; each distinct expression computed once)."""
-    rows = (
-        Schedule.select(Schedule.host, Schedule.cron)
-        .join(ScheduleGroup)
-        .where(Schedule.host.in_(ids) & Schedule.enabled)
-        .distinct()
-        .tuples()
-    )
+    and_hosts = "" if ids is None else "AND " + _ids_in("s.host_id", ids)
+    rows = db.execute_sql(_SCHEDULES_SQL.format(and_hosts=and_hosts), ids or [])
     cache: dict[str, float | None] = {}
     out: dict[int, float] = {}
     for host_id, expr in rows:
@@ -191,22 +181,20 @@ def _next_runs(ids: list[int], now: float) -> dict[int, float]:
     return out
 
 
-def _size_history(ids: list[int], now: float) -> dict[int, list[int | None]]:
+def _size_history(db: Any, ids: list[int] | None, now: float) -> dict[int, list[int | None]]:
     """Repository size per UTC day for the last 30 days, oldest first (one query)."""
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     days = [
         (today - dt.timedelta(days=n)).isoformat() for n in range(SIZE_HISTORY_DAYS - 1, -1, -1)
     ]
     index = {day: i for i, day in enumerate(days)}
+    where = "" if ids is None else "WHERE " + _ids_in("h.id", ids)
     out: dict[int, list[int | None]] = {}
-    rows = (
-        RepoStatsDaily.select(RepoStatsDaily.host, RepoStatsDaily.day, RepoStatsDaily.total_size)
-        .where(RepoStatsDaily.host.in_(ids) & (RepoStatsDaily.day >= days[0]))
-        .tuples()
-    )
+    rows = db.execute_sql(_HISTORY_SQL.format(where=where), [days[0], *(ids or [])])
     for host_id, day, size in rows:
-        if day in index:
-            out.setdefault(host_id, [None] * SIZE_HISTORY_DAYS)[index[day]] = size
+        slot = index.get(day)
+        if slot is not None:
+            out.setdefault(host_id, [None] * SIZE_HISTORY_DAYS)[slot] = size
     return out
 
 
@@ -222,8 +210,12 @@ class HostService:
         self._ctx = ctx
         self._jobs = jobs
 
-    async def list_hosts(self) -> list[HostView]:
-        return await self._ctx.store.call(host_views)
+    async def list_hosts(self, host_ids: list[int] | None = None) -> list[HostView]:
+        """The fleet, or only the hosts in ``host_ids`` that still exist (what a
+        view that was told which hosts changed reads)."""
+        if host_ids is None:
+            return await self._ctx.store.call(host_views)
+        return await self._ctx.store.call(host_views, list(host_ids))
 
     async def get_host(self, host_id: int) -> HostView:
         def run() -> HostView:

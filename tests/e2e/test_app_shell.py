@@ -9,6 +9,8 @@ state and notification requests). The launch tests run the installed
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import importlib.util
 import os
 import re
@@ -38,6 +40,7 @@ from server_core.services.enrolment import parse_new_host
 from tests.helpers.fake_agent import FakeAgent, enrol
 from ui_qt.context import UiContext
 from ui_qt.fleet_health import CRITICAL, OK, WARNING
+from ui_qt.fleet_view import FleetView
 from ui_qt.tray import Tray
 
 BIN = Path(sys.executable).parent
@@ -163,10 +166,37 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-@pytest.fixture
-async def tray(ui: UiContext) -> AsyncIterator[tuple[Tray, StandInWindow]]:
+class StandInNavigator:
+    def show_fleet(self) -> None: ...
+
+    def open_host(self, host_id: int) -> None: ...
+
+    def open_job(self, job_id: str) -> None: ...
+
+    def add_host(self) -> None: ...
+
+
+class NoFleetReads:
+    """Hosts for a tray that must not read the fleet itself."""
+
+    async def list_hosts(self, host_ids: list[int] | None = None) -> list[Any]:
+        raise AssertionError("the tray read the fleet although the fleet view has it")
+
+
+@pytest.fixture(params=["own reads", "fleet view rows"])
+async def tray(
+    ui: UiContext, qtbot: Any, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Tray, StandInWindow]]:
+    """The tray on its own (tools, tests) and as the app wires it: following
+    the fleet view's model, with no fleet reads of its own."""
     window = StandInWindow()
-    t = Tray(ui, window)  # type: ignore[arg-type]
+    if request.param == "fleet view rows":
+        view = FleetView(ui, StandInNavigator())  # type: ignore[arg-type]
+        qtbot.addWidget(view)
+        no_reads = dataclasses.replace(ui, hosts=NoFleetReads())  # type: ignore[arg-type]
+        t = Tray(no_reads, window, fleet=view.model)  # type: ignore[arg-type]
+    else:
+        t = Tray(ui, window)  # type: ignore[arg-type]
     t.start()
     try:
         yield t, window
@@ -494,6 +524,28 @@ async def test_unhandled_exceptions_are_logged_and_shown(tmp_path: Path, caplog)
             shell.errors.dialog.close()
         shell.instance.close()
         shell.deleteLater()
+
+
+def test_the_gc_freezes_start_up_objects_until_it_stops(qapp):
+    from app.gui import MainThreadGc
+
+    assert gc.get_freeze_count() == 0
+    collector = MainThreadGc()
+    was_enabled = gc.isenabled()
+    collector.start()
+    try:
+        assert not gc.isenabled()
+        young = len(gc.get_objects())
+        collector.freeze()
+        # Everything alive is out of the collector's sight: a full collection
+        # now walks only what is allocated from here on.
+        assert gc.get_freeze_count() >= young // 2
+        assert len(gc.get_objects()) < young // 10
+    finally:
+        collector.stop()
+    assert gc.get_freeze_count() == 0, "stop() thaws them, so their garbage can go"
+    assert gc.isenabled() == was_enabled
+    collector.deleteLater()
 
 
 # -- start at login --------------------------------------------------------------

@@ -26,7 +26,7 @@ from tests.e2e.screenshot_fleet import render_async
 from tests.helpers.fake_agent import FakeAgent, enrol
 from ui_qt.context import UiContext
 from ui_qt.fleet_model import Column
-from ui_qt.fleet_view import FleetView
+from ui_qt.fleet_view import FULL_READ_ABOVE, FleetView
 
 
 class FakeNavigator:
@@ -313,10 +313,10 @@ async def test_refreshes_coalesce_to_one_in_flight(ui, qtbot):
     gate = asyncio.Event()
 
     class SlowHosts:
-        async def list_hosts(self) -> list[HostView]:
+        async def list_hosts(self, host_ids: list[int] | None = None) -> list[HostView]:
             calls.append(time.monotonic())
             await gate.wait()
-            return await ui.hosts.list_hosts()
+            return await ui.hosts.list_hosts(host_ids)
 
     ctx = dataclasses.replace(ui, hosts=SlowHosts())
     view = FleetView(ctx, FakeNavigator())
@@ -340,10 +340,10 @@ async def test_a_failed_load_shows_an_error_and_f5_recovers(ui, qtbot):
     fail = [True]
 
     class FlakyHosts:
-        async def list_hosts(self) -> list[HostView]:
+        async def list_hosts(self, host_ids: list[int] | None = None) -> list[HostView]:
             if fail[0]:
                 raise RuntimeError("database is locked")
-            return await ui.hosts.list_hosts()
+            return await ui.hosts.list_hosts(host_ids)
 
     await add_host(ui, "one")
     view = FleetView(dataclasses.replace(ui, hosts=FlakyHosts()), FakeNavigator())
@@ -355,6 +355,199 @@ async def test_a_failed_load_shows_an_error_and_f5_recovers(ui, qtbot):
     view.reload()
     await until(lambda: view.model.rowCount() == 1, "the retry")
     assert view.error_label.isHidden()
+
+
+class RecordingHosts:
+    """The real HostService, recording what each refresh asked for; with a
+    gate, a refresh reads the database at once but delivers only when the
+    gate opens (a slow refresh whose result is already stale)."""
+
+    def __init__(self, real: Any, gate: asyncio.Event | None = None) -> None:
+        self.real = real
+        self.gate = gate
+        self.asked: list[list[int] | None] = []
+        self.fail = False
+
+    async def list_hosts(self, host_ids: list[int] | None = None) -> list[HostView]:
+        self.asked.append(None if host_ids is None else sorted(host_ids))
+        if self.fail:
+            raise RuntimeError("database is locked")
+        rows = await self.real.list_hosts(host_ids)
+        if self.gate is not None:
+            await self.gate.wait()
+        return rows  # type: ignore[no-any-return]
+
+
+async def test_a_change_reads_only_the_changed_hosts(ui, qtbot):
+    a, _ = await add_host(ui, "alpha")
+    b, _ = await add_host(ui, "beta")
+    await add_host(ui, "gamma")
+    hosts = RecordingHosts(ui.hosts)
+    view = await open_view(dataclasses.replace(ui, hosts=hosts), qtbot)
+    await asyncio.sleep(0.3)  # the enrolment events, already covered by the first load
+    del hosts.asked[:]
+
+    await ui.hosts.set_tags(b, ["db"], OPERATOR)
+    await until(lambda: cell(view, b, Column.TAGS) == "db", "the new tag")
+    assert hosts.asked == [[b]]
+    assert view.tag_chips.tags() == ["db"]
+
+    d, _ = await add_host(ui, "delta")
+    await until(lambda: view.model.rowCount() == 4, "the new host")
+    assert hosts.asked[-1] == [d]
+    assert cell(view, d, Column.NAME) == "delta"
+
+    mark = len(hosts.asked)
+    await ui.hosts.set_tags(a, ["web"], OPERATOR)
+    await ui.hosts.set_tags(b, ["web"], OPERATOR)
+    await until(lambda: cell(view, b, Column.TAGS) == "web", "both tags")
+    assert cell(view, a, Column.TAGS) == "web"
+    # Usually one refresh for the burst; never the whole fleet.
+    burst = hosts.asked[mark:]
+    assert None not in burst and sorted(i for ask in burst for i in ask or []) == [a, b]
+
+    view.reload()  # F5: the whole fleet
+    await until(lambda: not view.refreshing(), "the reload")
+    assert hosts.asked[-1] is None and view.model.rowCount() == 4
+
+    # Most of a big fleet at once (everyone went offline): one whole-fleet read.
+    mark = len(hosts.asked)
+    ui.bridge.hosts_changed.emit(set(range(1, FULL_READ_ABOVE + 2)))
+    await until(lambda: len(hosts.asked) > mark and not view.refreshing(), "the big refresh")
+    assert hosts.asked[mark:] == [None] and view.model.rowCount() == 4
+
+
+async def test_a_host_deleted_while_a_refresh_is_in_flight_stays_gone(ui, qtbot):
+    keep, _ = await add_host(ui, "keep")
+    gone, _ = await add_host(ui, "gone")
+    gate = asyncio.Event()
+    gate.set()
+    hosts = RecordingHosts(ui.hosts, gate)
+    view = await open_view(dataclasses.replace(ui, hosts=hosts), qtbot)
+    await asyncio.sleep(0.3)
+    inserted: list[tuple[int, int]] = []
+    view.model.rowsInserted.connect(lambda _p, a, b: inserted.append((a, b)))
+
+    gate.clear()
+    await ui.hosts.set_tags(gone, ["old"], OPERATOR)
+    await until(lambda: view.refreshing(), "the refresh of 'gone' to start")
+    await asyncio.sleep(0.1)  # it has read the row; its result waits at the gate
+    await ui.hosts.delete_host(gone, OPERATOR)
+    await until(lambda: view.model.row_of(gone) is None, "the deletion")
+    gate.set()
+    await until(lambda: not view.refreshing(), "the stale refresh to land")
+    await asyncio.sleep(0.2)
+    assert view.model.row_of(gone) is None, "the stale row came back"
+    assert inserted == []
+    assert names(view) == ["keep"] and view.model.row_of(keep) == 0
+
+
+async def test_hosts_of_a_failed_refresh_are_read_with_the_next_one(ui, qtbot):
+    a, _ = await add_host(ui, "alpha")
+    b, _ = await add_host(ui, "beta")
+    hosts = RecordingHosts(ui.hosts)
+    view = await open_view(dataclasses.replace(ui, hosts=hosts), qtbot)
+    await asyncio.sleep(0.3)
+
+    hosts.fail = True
+    await ui.hosts.set_tags(b, ["db"], OPERATOR)
+    await until(lambda: not view.error_label.isHidden(), "the error")
+    assert "database is locked" in view.error_label.text()
+    hosts.fail = False
+    await ui.hosts.set_tags(a, ["web"], OPERATOR)
+    await until(lambda: cell(view, b, Column.TAGS) == "db", "the missed change")
+    assert cell(view, a, Column.TAGS) == "web"
+    assert hosts.asked[-1] == [a, b]
+    assert view.error_label.isHidden()
+
+
+async def test_hosts_whose_next_run_passed_are_read_again(ui, qtbot):
+    a, _ = await add_host(ui, "alpha")
+    b, _ = await add_host(ui, "beta")
+    hosts = RecordingHosts(ui.hosts)
+    view = await open_view(dataclasses.replace(ui, hosts=hosts), qtbot)
+    await asyncio.sleep(0.3)
+    del hosts.asked[:]
+    # As the table would hold it an hour after the last refresh of alpha.
+    stale = dataclasses.replace(view.model.host(a), next_run_at=time.time() - 60)  # type: ignore[arg-type]
+    view.model.apply([stale], only={a})
+    assert cell(view, a, Column.NEXT_RUN) == "due"
+
+    view.refresh_due()
+    await until(lambda: hosts.asked and not view.refreshing(), "the refresh")
+    assert hosts.asked == [[a]]
+    # No schedule: the server says there is no next run.
+    assert cell(view, a, Column.NEXT_RUN) == "—"
+    assert view.model.host(b) is not None
+
+
+class FixedHosts:
+    """A fleet of synthetic rows (no database): for layout tests only."""
+
+    def __init__(self, views: list[HostView]) -> None:
+        self.views = views
+
+    async def list_hosts(self, host_ids: list[int] | None = None) -> list[HostView]:
+        return [v for v in self.views if host_ids is None or v.id in host_ids]
+
+
+def synthetic_fleet(count: int, last_name: str) -> list[HostView]:
+    now = time.time()
+    return [
+        HostView(
+            id=i,
+            name=last_name if i == count else f"h{i:04d}",
+            status="online",
+            enrolled=True,
+            os="linux",
+            arch="amd64",
+            agent_version="0.1.0",
+            restic_version="0.18.0",
+            last_seen_at=now,
+            last_backup_at=None,
+            last_backup_status=None,
+            repo_status="ready",
+            repo_status_error=None,
+            snapshot_count=0,
+            repo_size_bytes=None,
+            open_alerts=0,
+            tags=[],
+            presence_mode="always_on",
+            created_at=now,
+        )
+        for i in range(1, count + 1)
+    ]
+
+
+async def test_columns_are_sized_from_the_rows_on_screen(ui, qtbot):
+    # The long name sorts last, far below the visible rows: measuring every
+    # row (Qt's default, a second's stall with 1,000 hosts) would widen the
+    # name column for it.
+    long_name = "zz-" + "x" * 30
+    ctx = dataclasses.replace(ui, hosts=FixedHosts(synthetic_fleet(400, long_name)))
+    view = FleetView(ctx, FakeNavigator())
+    qtbot.addWidget(view)
+    view.resize(1100, 600)
+    view.show()
+    await until(lambda: view.model.rowCount() == 400, "the fleet")
+    header = view.table.horizontalHeader()
+    assert header.resizeContentsPrecision() == 0
+    needed = view.table.fontMetrics().horizontalAdvance(long_name)
+    assert header.sectionSize(int(Column.NAME)) < needed
+    assert header.sectionSize(int(Column.NAME)) > view.table.fontMetrics().horizontalAdvance(
+        "h0001"
+    )
+
+
+async def test_a_fleet_loaded_while_hidden_is_sized_when_shown(ui, qtbot):
+    ctx = dataclasses.replace(ui, hosts=FixedHosts(synthetic_fleet(50, "last")))
+    view = FleetView(ctx, FakeNavigator())
+    qtbot.addWidget(view)
+    await until(lambda: view.model.rowCount() == 50 and not view.refreshing(), "the fleet")
+    assert not view._sized  # hidden: Qt would measure every row
+    view.resize(1100, 600)
+    view.show()
+    await until(lambda: view._sized, "the columns to be sized")
 
 
 async def test_screenshots_render(tmp_path: Path, qapp):

@@ -14,7 +14,9 @@ from PySide6.QtCore import QModelIndex, Qt
 
 from server_core.views import HostView
 from ui_qt.fleet_model import (
+    FIELD_COLUMNS,
     HOST_ID_ROLE,
+    HOST_ROLE,
     SORT_ROLE,
     SPARKLINE_ROLE,
     Column,
@@ -105,10 +107,104 @@ def test_changed_row_emits_data_changed_for_that_row_only(model: FleetModel) -> 
     model.apply([view(1), view(2), view(3)])
     spy = Spy(model)
     model.apply([view(1), view(2, status="offline"), view(3)])
-    last = model.columnCount() - 1
-    assert spy.changed == [(1, 0, 1, last)]
+    status = int(Column.STATUS)
+    assert spy.changed == [(1, status, 1, status)]
     assert (spy.resets, spy.inserted, spy.removed) == (0, [], [])
     assert model.host_at(1).status == "offline"
+
+
+def test_only_the_changed_cells_are_signalled(model: FleetModel) -> None:
+    model.apply([view(1), view(2)])
+    spy = Spy(model)
+    # Adjacent columns go in one signal, others in their own.
+    model.apply(
+        [
+            view(1),
+            view(2, last_backup_at=NOW - 60, next_run_at=NOW + 60, os="windows", tags=["x"]),
+        ]
+    )
+    platform, tags = int(Column.PLATFORM), int(Column.TAGS)
+    last_backup, next_run = int(Column.LAST_BACKUP), int(Column.NEXT_RUN)
+    assert spy.changed == [
+        (1, platform, 1, platform),
+        (1, last_backup, 1, next_run),
+        (1, tags, 1, tags),
+    ]
+
+
+def test_a_change_no_cell_shows_is_signalled_for_the_host_role_only(
+    model: FleetModel,
+) -> None:
+    model.apply([view(1)])
+    roles: list[list[int]] = []
+    spans: list[tuple[int, int]] = []
+
+    def changed(tl: QModelIndex, br: QModelIndex, r: list[int]) -> None:
+        spans.append((tl.column(), br.column()))
+        roles.append(list(r))
+
+    model.dataChanged.connect(changed)
+    model.apply([view(1, presence_mode="laptop", schedule_version=4)])
+    assert spans == [(0, 0)] and roles == [[HOST_ROLE]]
+    assert model.host(1).presence_mode == "laptop"  # type: ignore[union-attr]
+
+
+def test_every_field_a_cell_shows_is_a_real_field() -> None:
+    fields = {f.name for f in dataclasses.fields(HostView)}
+    assert set(FIELD_COLUMNS) <= fields
+    # Each column is drawn from at least one field.
+    assert {c for cols in FIELD_COLUMNS.values() for c in cols} == set(Column)
+
+
+def test_column_count_is_constant_and_zero_under_a_parent(model: FleetModel) -> None:
+    assert model.columnCount() == len(Column)
+    model.apply([view(1)])
+    assert model.columnCount(model.index(0, 0)) == 0
+
+
+def test_a_partial_refresh_touches_only_the_hosts_it_asked_for(model: FleetModel) -> None:
+    model.apply([view(1), view(2), view(3), view(4)])
+    spy = Spy(model)
+    # Asked for 2, 3, 9: 2 changed, 3 is gone, 9 is new; 1 and 4 are not in
+    # the result and stay as they are.
+    model.apply([view(2, snapshot_count=5), view(9)], only={2, 3, 9})
+    assert sorted(ids(model)) == [1, 2, 4, 9]
+    assert model.host(2).snapshot_count == 5  # type: ignore[union-attr]
+    assert spy.removed == [(2, 2)]
+    assert spy.inserted == [(3, 3)]
+    snaps = int(Column.SNAPSHOTS)
+    assert spy.changed == [(1, snaps, 1, snaps)]
+    assert spy.resets == 0
+    # Asking for hosts that neither exist nor are shown changes nothing.
+    model.apply([], only={77})
+    assert sorted(ids(model)) == [1, 2, 4, 9]
+
+
+def test_the_first_load_must_be_the_whole_fleet(model: FleetModel) -> None:
+    with pytest.raises(ValueError, match="whole fleet"):
+        model.apply([view(1)], only={1})
+    assert not model.loaded()
+
+
+def test_the_proxy_repaints_only_the_changed_cell_and_resorts_on_the_sort_key(
+    model: FleetModel,
+) -> None:
+    model.apply([view(i, f"web-{i}") for i in (1, 2, 10)])
+    proxy = FleetFilterProxy()
+    proxy.setSourceModel(model)
+    proxy.sort(int(Column.NAME), Qt.SortOrder.AscendingOrder)
+    spans: list[tuple[int, int]] = []
+    proxy.dataChanged.connect(lambda tl, br, *_: spans.append((tl.column(), br.column())))
+
+    def order() -> list[int]:
+        return [proxy.index(r, 0).data(HOST_ID_ROLE) for r in range(proxy.rowCount())]
+
+    assert order() == [1, 2, 10]  # natural: web-2 before web-10
+    model.apply([view(2, "web-2", snapshot_count=7)], only={2})
+    snaps = int(Column.SNAPSHOTS)
+    assert spans == [(snaps, snaps)] and order() == [1, 2, 10]
+    model.apply([view(2, "web-20")], only={2})
+    assert order() == [1, 10, 2]
 
 
 def test_unchanged_fleet_emits_nothing(model: FleetModel) -> None:
@@ -137,7 +233,8 @@ def test_removed_hosts_in_runs_keep_the_others_intact(model: FleetModel) -> None
     assert {model.row_of(h) for h in (1, 4, 6)} == {0, 1, 2}
     assert model.row_of(2) is None
     # the changed host is reported at its row after the removals
-    assert spy.changed == [(2, 0, 2, model.columnCount() - 1)]
+    snaps = int(Column.SNAPSHOTS)
+    assert spy.changed == [(2, snaps, 2, snaps)]
     assert model.host(6) is not None and model.host(6).snapshot_count == 3  # type: ignore[union-attr]
 
 
@@ -372,3 +469,23 @@ def test_size_history_reaches_the_delegate_and_the_tooltip(model: FleetModel) ->
     assert model.index(0, int(Column.NAME)).data(SPARKLINE_ROLE) is None
     tip = size.data(Qt.ItemDataRole.ToolTipRole)
     assert "30 days: 4.0 GiB → 5.0 GiB (+1.0 GiB)" in tip
+
+
+def test_sort_keys_follow_every_version_of_a_row(model: FleetModel) -> None:
+    model.apply([view(1, "b"), view(2, "c"), view(3, "a")])
+    proxy = FleetFilterProxy()
+    proxy.setSourceModel(model)
+    proxy.sort(int(Column.NAME), Qt.SortOrder.AscendingOrder)
+
+    def order() -> list[int]:
+        return [proxy.index(r, 0).data(HOST_ID_ROLE) for r in range(proxy.rowCount())]
+
+    assert order() == [3, 1, 2]
+    model.apply([view(1, "z")], only={1})  # renamed
+    assert order() == [3, 2, 1]
+    model.remove_ids({3})
+    model.apply([view(3, "m")], only={3})  # gone, then back under another name
+    assert order() == [2, 3, 1]
+    model.apply([view(1, "a"), view(2, "c"), view(3, "b")])  # a whole-fleet refresh
+    assert order() == [1, 3, 2]
+    assert model.index(model.row_of(3) or 0, int(Column.NAME)).data(SORT_ROLE) == natural_key("b")
