@@ -45,6 +45,7 @@ bench: bootstrap
 	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_loop_lag.py
 	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_fleet_table.py
 	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_job_log.py
+	$(PY) tests/perf/bench_restore_browse.py
 
 fmt: bootstrap
 	.venv/bin/ruff format .

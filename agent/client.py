@@ -33,6 +33,7 @@ from agent.outbox import Outbox, OutboxError
 from agent.redact import Redactor
 from agent.scheduler import STATE_FILE_NAME, TICK_S, Scheduler
 from agent.secrets_file import SecretsError, SecretsFile
+from agent.tree_rpc import RpcFailure, TreeRpc
 from agent.version import __version__
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class AgentClient:
         restic_version: str | None,
         schedule_version: int = 0,
         on_schedule_set: Callable[[protocol.ScheduleSet], None] | None = None,
+        rpc: TreeRpc | None = None,
         heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL_S,
         backoff_initial: float = BACKOFF_INITIAL_S,
         backoff_max: float = BACKOFF_MAX_S,
@@ -122,6 +124,9 @@ class AgentClient:
         self._restic_version = restic_version
         self._schedule_version = schedule_version
         self._on_schedule_set = on_schedule_set
+        self._rpc = rpc
+        # Calls being answered: held so their tasks are not garbage collected.
+        self._calls: set[asyncio.Task[None]] = set()
         self._heartbeat_interval = heartbeat_interval
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -370,16 +375,11 @@ class AgentClient:
                 f"agent self-update is not supported yet by agent {__version__}",
             )
         elif isinstance(message, protocol.RpcCall):
-            await self.send(
-                protocol.RpcResult(
-                    call_id=envelope.id,
-                    ok=False,
-                    error=protocol.RpcError(
-                        "unsupported",
-                        f"{message.method!r} is not supported by agent {__version__}",
-                    ),
-                )
-            )
+            # Answered in its own task: a search over a large index must not
+            # hold up the frames behind it (a cancel, an ack).
+            task = asyncio.create_task(self._answer(envelope.id, message), name="rpc-call")
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
         elif isinstance(message, protocol.Error):
             if message.code in ("protocol_too_old", "protocol_too_new"):
                 self._incompatible = True
@@ -395,6 +395,37 @@ class AgentClient:
                     await ws.close()
             else:
                 log.warning("the control plane reported %s: %s", message.code, message.message)
+
+    async def _answer(self, call_id: str, call: protocol.RpcCall) -> None:
+        try:
+            if self._rpc is None:
+                raise RpcFailure(
+                    "unsupported", f"{call.method!r} is not supported by agent {__version__}"
+                )
+            result = await self._rpc.call(call.method, call.params)
+            reply = protocol.RpcResult(call_id=call_id, ok=True, result=result)
+        except RpcFailure as exc:
+            reply = protocol.RpcResult(
+                call_id=call_id, ok=False, error=protocol.RpcError(exc.code, exc.message)
+            )
+        except Exception as exc:
+            log.exception("answering %s failed", call.method)
+            reply = protocol.RpcResult(
+                call_id=call_id,
+                ok=False,
+                error=protocol.RpcError("failed", f"internal agent error: {exc}"),
+            )
+        try:
+            await self.send(reply)
+        except protocol.ProtocolError as exc:
+            log.error("the answer to %s does not fit a frame: %s", call.method, exc)
+            await self.send(
+                protocol.RpcResult(
+                    call_id=call_id,
+                    ok=False,
+                    error=protocol.RpcError("failed", f"the answer is too large: {exc}"),
+                )
+            )
 
     def _on_config(self, message: protocol.ConfigUpdate) -> None:
         repository = (
@@ -414,6 +445,7 @@ class AgentClient:
                 bandwidth=message.bandwidth,
                 default_pre_hook=message.default_pre_hook,
                 default_post_hook=message.default_post_hook,
+                restore_dir=message.restore_dir,
             )
         )
         log.info(
@@ -554,6 +586,7 @@ class Agent:
             settings=settings_from_secrets(stored),
             hostname=config.hostname,
             grace_seconds=grace_seconds,
+            restore_dir=config.restore_dir,
         )
         schedule_set = schedule_from_secrets(stored)
         self.jobs.update_schedule_set(schedule_set)
@@ -576,6 +609,7 @@ class Agent:
             restic_version=str(restic.version) if restic is not None else None,
             schedule_version=schedule_version if isinstance(schedule_version, int) else 0,
             on_schedule_set=self._on_schedule_set,
+            rpc=TreeRpc(self.jobs.indexes, lambda: self.jobs.known_snapshots),
             heartbeat_interval=heartbeat_interval,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
@@ -676,18 +710,20 @@ def settings_from_secrets(stored: dict[str, Any]) -> JobSettings:
             bandwidth = protocol.from_dict(protocol.Bandwidth, raw_bw)
         except protocol.ProtocolError:
             log.warning("ignored stored bandwidth limits that cannot be read")
-    hooks = {
+    texts = {
         name: value if isinstance(value, str) else None
         for name, value in (
             ("default_pre_hook", stored.get("default_pre_hook")),
             ("default_post_hook", stored.get("default_post_hook")),
+            ("restore_dir", stored.get("restore_dir")),
         )
     }
     return JobSettings(
         repository=repository,
         bandwidth=bandwidth,
-        default_pre_hook=hooks["default_pre_hook"],
-        default_post_hook=hooks["default_post_hook"],
+        default_pre_hook=texts["default_pre_hook"],
+        default_post_hook=texts["default_post_hook"],
+        restore_dir=texts["restore_dir"],
     )
 
 

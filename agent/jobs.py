@@ -26,13 +26,25 @@ from typing import Any, Literal, Protocol
 
 from agent import platform_info, protocol
 from agent.hooks import HOOK_GRACE_S, HOOK_TIMEOUT_S, HookResult, hook_env, run_hook
+from agent.job_types import FinalStatus, RepoStatus
+from agent.job_types import JobCancelled as _JobCancelled
+from agent.job_types import JobFailed as _JobFailed
+from agent.job_types import Outcome as _Outcome
 from agent.redact import Redactor
 from agent.restic import commands as rc
 from agent.restic import errors as rerrors
 from agent.restic import parse as rparse
 from agent.restic.runner import RepoLocks, ResticResult, run_restic
 from agent.restic.version import ResticNotFound, ResticVersion, detect_version, find_restic
+from agent.restore_jobs import run_diff, run_restore
 from agent.retry import attempt_of, retry_delay
+from agent.tree_index import (
+    DEFAULT_BUDGET_BYTES,
+    EVICT_PROTECT_S,
+    INDEX_DIR_NAME,
+    IndexUnavailable,
+    TreeIndexes,
+)
 from agent.version import __version__
 
 log = logging.getLogger(__name__)
@@ -47,6 +59,9 @@ GRACE_SECONDS = 10.0
 MAX_ERROR_BYTES = 2048
 SNAPSHOTS_REPORT_BUDGET = protocol.MAX_FRAME_BYTES * 3 // 4
 
+# Kinds whose restic takes the repository's exclusive lock: a snapshot index
+# build (restic ls, a shared lock) must not overlap them.
+EXCLUSIVE_KINDS = frozenset({"forget", "prune", "check"})
 INTERRUPTED_ERROR = "the agent restarted while this job was running; it did not complete"
 NO_CREDENTIALS_ERROR = "no repository credentials received from the control plane yet"
 WAITING_MESSAGE = "waiting for another restic job on this repository"
@@ -69,8 +84,6 @@ POST_HOOK_AFTER_CANCEL_S = 60.0
 # restic 0.18 exits 0 when an append-only server refuses to delete a snapshot.
 _NOT_REMOVED_RE = re.compile(r"unable to remove \S+ from the repository")
 
-FinalStatus = Literal["succeeded", "failed", "cancelled"]
-RepoStatus = Literal["ready", "init_failed", "locked"]
 Emit = Callable[[protocol.Message], None]
 
 
@@ -98,6 +111,8 @@ class JobSettings:
     bandwidth: protocol.Bandwidth = field(default_factory=protocol.Bandwidth)
     default_pre_hook: str | None = None
     default_post_hook: str | None = None
+    # Where restores go when the operator names no directory.
+    restore_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,35 +184,11 @@ async def locate_restic(configured: str | None) -> ResticBinary | None:
         return None
 
 
-@dataclass
-class _Outcome:
-    status: FinalStatus
-    exit_code: int | None = None
-    error: str | None = None
-    warnings: bool = False
-    summary: dict[str, object] | None = None
-    repo_status: RepoStatus | None = None
-
-
 # Long enough for a slow cloud backend to create a repository, short enough
 # that a wrong URL shows up while the operator is still looking.
 PROBE_TIMEOUT_S = 300.0
 # Event numbers reserved per durable write; see Outbox.reserve_seqs.
 SEQ_BLOCK = 1000
-
-
-class _JobFailed(Exception):
-    def __init__(
-        self, error: str, exit_code: int | None = None, repo_status: RepoStatus | None = None
-    ) -> None:
-        super().__init__(error)
-        self.error = error
-        self.exit_code = exit_code
-        self.repo_status = repo_status
-
-
-class _JobCancelled(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -344,6 +335,10 @@ class JobRunner:
         hook_timeout: float = HOOK_TIMEOUT_S,
         hook_grace: float = HOOK_GRACE_S,
         clock: Callable[[], float] = time.time,
+        restore_dir: str | None = None,
+        index_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        index_protect_seconds: float = EVICT_PROTECT_S,
+        restore_scan_interval: float = 2.0,
     ) -> None:
         self._probe_timeout = probe_timeout
         self._hook_timeout = hook_timeout
@@ -374,6 +369,17 @@ class JobRunner:
         self._jobs: dict[str, _Job] = {}
         self._tasks: dict[str, asyncio.Task[JobResult | None]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        # The agent config's restore dir; one sent by the control plane wins.
+        self._config_restore_dir = restore_dir
+        self._restore_scan_interval = restore_scan_interval
+        self._known_snapshots: list[str] = []
+        self.indexes = TreeIndexes(
+            state_dir / INDEX_DIR_NAME,
+            ls_command=self.ls_command,
+            budget_bytes=index_budget_bytes,
+            protect_seconds=index_protect_seconds,
+            grace_seconds=grace_seconds,
+        )
         self.update_settings(settings or JobSettings())
 
     @property
@@ -388,6 +394,41 @@ class JobRunner:
     def hostname(self) -> str:
         """The host name this agent's snapshots carry (restic --host)."""
         return self._hostname
+
+    @property
+    def known_snapshots(self) -> list[str]:
+        """Full ids from the last complete snapshot list (oldest first)."""
+        return list(self._known_snapshots)
+
+    @property
+    def restore_root(self) -> str:
+        """Where a restore goes when the operator names no directory."""
+        return (
+            self._settings.restore_dir
+            or self._config_restore_dir
+            or str(self._state_dir / "restores")
+        )
+
+    def ls_command(self, snapshot_id: str) -> rc.ResticCommand:
+        """``restic ls --json`` of one snapshot, for the tree index."""
+        if self._restic is None:
+            raise IndexUnavailable(
+                "restic was not found on this host: install restic or set restic_path in "
+                "the agent config, then restart the agent"
+            )
+        creds = self._settings.repository
+        if creds is None:
+            raise IndexUnavailable(NO_CREDENTIALS_ERROR)
+        opts = rc.GlobalOptions(
+            binary=self._restic.path,
+            cache_dir=str(self.cache_dir),
+            limit_download_kib=self._settings.bandwidth.download_kib_s,
+            version=self._restic.version,
+        )
+        try:
+            return rc.ls_cmd(opts, creds, os.environ, snapshot_id)
+        except ValueError as exc:
+            raise IndexUnavailable(str(exc)) from None
 
     def update_settings(self, settings: JobSettings) -> None:
         """Apply a new ``config.update``; running jobs keep what they started with."""
@@ -462,6 +503,7 @@ class JobRunner:
         tasks = list(self._tasks.values())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.indexes.close()
 
     def reject(self, job_id: str, kind: str, actor: str, error: str) -> None:
         """Report a job that cannot even start (started + failed), without running it."""
@@ -633,6 +675,8 @@ class JobRunner:
             "forget": self._do_forget,
             "prune": self._do_prune,
             "check": self._do_check,
+            "restore": self._do_restore,
+            "diff": self._do_diff,
         }.get(kind)
         if handler is None:
             return _Outcome(
@@ -701,10 +745,30 @@ class JobRunner:
         if job.cancel.is_set():
             lock.release()
             raise _JobCancelled()
+        exclusive = job.cmd.kind in EXCLUSIVE_KINDS
         try:
+            if exclusive:
+                self.indexes.exclusive_started()
+                await self._wait_index_idle(job)
             yield
         finally:
+            if exclusive:
+                self.indexes.exclusive_finished()
             lock.release()
+
+    async def _wait_index_idle(self, job: _Job) -> None:
+        if not self.indexes.building:
+            return
+        job.log("agent", "waiting for a snapshot listing (restore browser) to finish")
+        idle = asyncio.ensure_future(self.indexes.wait_idle())
+        cancelled = asyncio.ensure_future(job.cancel.wait())
+        try:
+            await asyncio.wait([idle, cancelled], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            cancelled.cancel()
+        if job.cancel.is_set():
+            raise _JobCancelled()
 
     async def _restic_run(
         self,
@@ -713,6 +777,7 @@ class JobRunner:
         on_stdout: Callable[[str], None] | None = None,
         on_stderr: Callable[[str], None] | None = None,
         time_limit: float | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> ResticResult:
         log.debug("job %s: %s", job.job_id, command.display())
         stop = job.cancel
@@ -742,6 +807,7 @@ class JobRunner:
                 on_stderr=on_stderr or (lambda line: job.log("stderr", line)),
                 cancel=stop,
                 grace_seconds=self._grace_seconds,
+                on_start=on_start,
             )
         finally:
             if timer is not None:
@@ -1134,6 +1200,23 @@ class JobRunner:
             return self._schedule.maintenance.check_subset_percent
         return protocol.MaintenanceSpec().check_subset_percent
 
+    # restore / diff ----------------------------------------------------------
+
+    async def _do_restore(self, job: _Job) -> _Outcome:
+        repo = self._prepare(job)
+        return await run_restore(
+            job,
+            _Access(self, job, repo),
+            self.indexes,
+            self.restore_root,
+            clock=self._clock,
+            scan_interval=self._restore_scan_interval,
+        )
+
+    async def _do_diff(self, job: _Job) -> _Outcome:
+        repo = self._prepare(job)
+        return await run_diff(job, _Access(self, job, repo))
+
     # snapshots / stats / unlock -------------------------------------------
 
     async def _do_snapshots(self, job: _Job) -> _Outcome:
@@ -1183,6 +1266,9 @@ class JobRunner:
                 raise problem
             job.log("agent", problem.error)
             return
+        self._known_snapshots = [s.id for s in snapshots]
+        # A complete list: indexes of snapshots that are gone are dead weight.
+        self.indexes.forget_missing(self._known_snapshots)
         collected_at = self._clock()
         pages = _snapshot_pages(snapshots)
         for number, page in enumerate(pages, start=1):
@@ -1272,6 +1358,40 @@ class _Repo:
             # The builders refuse unsafe input (relative paths, a comma in a
             # tag, a reserved env name) with a message meant for the operator.
             raise _JobFailed(str(exc)) from None
+
+
+class _Access:
+    """restic against one job's repository, for the job kinds kept in their
+    own modules (``agent.restore_jobs``)."""
+
+    def __init__(self, runner: JobRunner, job: _Job, repo: _Repo) -> None:
+        self._runner = runner
+        self._job = job
+        self._repo = repo
+
+    @property
+    def version(self) -> ResticVersion:
+        return self._repo.restic.version
+
+    def build(self, builder: Callable[..., rc.ResticCommand], **kwargs: Any) -> rc.ResticCommand:
+        return self._repo.build(builder, **kwargs)
+
+    def lock(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._runner._repo_lock(self._job, self._repo)
+
+    async def run(
+        self,
+        command: rc.ResticCommand,
+        on_stdout: Callable[[str], None] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> ResticResult:
+        return await self._runner._restic_run(
+            self._job, command, on_stdout=on_stdout, on_stderr=on_stderr, on_start=on_start
+        )
+
+    def failure(self, result: ResticResult, prefix: str | None = None) -> _JobFailed:
+        return self._runner._failure(self._job, result, self._repo, prefix)
 
 
 _ERROR_LABELS = {

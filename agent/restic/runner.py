@@ -255,8 +255,15 @@ async def run_restic(
     cancel: asyncio.Event | None = None,
     grace_seconds: float = 10.0,
     cwd: str | None = None,
+    stdout_fd: int | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> ResticResult:
     """Run `cmd`, streaming stdout/stderr lines to the callbacks.
+
+    With `stdout_fd`, restic writes its stdout straight to that descriptor
+    (the write end of a pipe another thread reads, say) and `on_stdout` is
+    not used: a reader that cannot keep up then slows restic down instead of
+    piling lines up in memory. `on_start` gets restic's process id.
 
     stderr lines have the command's secrets scrubbed and terminal escape
     sequences removed; stdout lines are passed unchanged (they are data, such
@@ -273,14 +280,15 @@ async def run_restic(
         env=dict(cmd.env),
         cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE if stdout_fd is None else stdout_fd,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=not _IS_WINDOWS,
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(
-        read_lines(proc.stdout, streams.stdout), read_lines(proc.stderr, streams.stderr)
-    )
+    assert proc.stderr is not None
+    pipes = [read_lines(proc.stderr, streams.stderr)]
+    if proc.stdout is not None:
+        pipes.append(read_lines(proc.stdout, streams.stdout))
+    readers = asyncio.gather(*pipes)
     exited: asyncio.Future[int] = asyncio.ensure_future(wait_exit(proc))
     failed_wait = asyncio.ensure_future(streams.failed.wait())
     cancel_wait = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
@@ -289,6 +297,8 @@ async def run_restic(
         triggers.add(cancel_wait)
     cancelled = False
     try:
+        if on_start is not None:
+            on_start(proc.pid)
         while not exited.done():
             done, _ = await asyncio.wait(triggers, return_when=asyncio.FIRST_COMPLETED)
             triggers -= done

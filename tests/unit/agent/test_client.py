@@ -25,6 +25,7 @@ from agent.jobs import NO_CREDENTIALS_ERROR, find_restic_binary
 from agent.outbox import Outbox
 from agent.version import __version__
 from tests.helpers.tls import make_tls
+from tests.unit.agent.restic_repo import make_repo
 
 BEARER = "bearer-secret-0123456789abcdef"
 REPO_PASSWORD = "repo-pass-Zq8!x"
@@ -301,7 +302,8 @@ async def test_malformed_frames_do_not_kill_the_connection(
         assert isinstance(result, protocol.RpcResult)
         assert result.call_id == "call-1"
         assert result.ok is False
-        assert result.error is not None and result.error.code == "unsupported"
+        assert result.error is not None and result.error.code == "bad_params"
+        assert "missing field 'snapshot_id'" in result.error.message
         assert server.connections == 1
         assert "not valid JSON" in caplog.text
         assert "unknown message type" in caplog.text
@@ -470,14 +472,14 @@ async def test_unsupported_commands_fail_the_job_clearly(
         await server.send(
             protocol.CommandUpdate(job_id="u1", version="9.9.9", url="https://x/a", sha256="00")
         )
-        await server.send(protocol.CommandRun(job_id="r1", kind="restore", actor="operator"))
+        await server.send(protocol.CommandRun(job_id="r1", kind="update", actor="operator"))
         await until(lambda: len(server.of_type(protocol.JobFinished)) == 2)
         by_job = {
             env.payload.job_id: env.payload  # type: ignore[attr-defined]
             for env in server.of_type(protocol.JobFinished)
         }
         assert "not supported yet" in by_job["u1"].error
-        assert by_job["r1"].error == f"job kind restore is not supported by agent {__version__}"
+        assert by_job["r1"].error == f"job kind update is not supported by agent {__version__}"
         started = {env.payload.job_id for env in server.of_type(protocol.JobStarted)}  # type: ignore[attr-defined]
         assert started == {"u1", "r1"}
     finally:
@@ -627,3 +629,88 @@ async def test_admin_credentials_are_used_for_their_job_and_never_stored(
     assert admin_password not in stored and REPO_PASSWORD in stored
     for _, env in server.received:
         assert admin_password not in protocol.encode(env.payload)
+
+
+async def test_browse_find_and_restore_through_the_connection(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    """tree.list / tree.find as RpcCall frames answered by RpcResult frames,
+    and a restore job, against a real repository (restic on PATH)."""
+    repo = make_repo(tmp_path / "data")
+    snap = repo.snapshots[1]
+    run = await start_agent(write_enrolment(tmp_path, server))
+    calls = 0
+
+    async def call(method: str, params: dict[str, Any]) -> protocol.RpcResult:
+        nonlocal calls
+        calls += 1
+        call_id = f"call-{calls}"
+        await server.send(
+            protocol.encode(protocol.RpcCall(method=method, params=params), msg_id=call_id)
+        )
+        await until(lambda: any(r.call_id == call_id for r in results()))
+        (answer,) = [r for r in results() if r.call_id == call_id]
+        return answer
+
+    def results() -> list[protocol.RpcResult]:
+        return [env.payload for env in server.of_type(protocol.RpcResult)]  # type: ignore[misc]
+
+    try:
+        await until(lambda: server.connections == 1)
+        restore_dir = tmp_path / "restores"
+        await server.send(
+            protocol.ConfigUpdate(repository=repo.creds(), restore_dir=str(restore_dir))
+        )
+        params = {"snapshot_id": snap, "path": str(repo.src)}
+        first = await call(protocol.TREE_LIST, params)
+        assert first.ok and first.result is not None
+        assert first.result["index"]["state"] == "building"
+        deadline = time.monotonic() + 60
+        while True:
+            answer = await call(protocol.TREE_LIST, params)
+            assert answer.ok and answer.result is not None, answer.error
+            listing = protocol.from_dict(protocol.TreeListResult, answer.result)
+            if listing.index.state == "ready":
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert [e.name for e in listing.entries][:2] == ["docs", "empty"]
+        assert listing.total == 6
+
+        found = await call(protocol.TREE_FIND, {"pattern": "new.txt", "snapshot_id": snap})
+        assert found.ok and found.result is not None
+        matches = protocol.from_dict(protocol.TreeFindResult, found.result).matches
+        assert [m.path for m in matches] == [f"{repo.src}/new.txt"]
+
+        missing = await call(protocol.TREE_LIST, {"snapshot_id": snap, "path": "/nope"})
+        assert not missing.ok and missing.error is not None
+        assert missing.error.code == "not_found" and "/nope" in missing.error.message
+
+        await server.send(
+            protocol.CommandRun(
+                job_id="restore-1",
+                kind="restore",
+                actor="operator",
+                args=protocol.to_dict(
+                    protocol.RestoreArgs(snapshot_id=snap, paths=[f"{repo.src}/docs"])
+                ),
+            )
+        )
+        await until(
+            lambda: any(
+                env.payload.job_id == "restore-1"  # type: ignore[attr-defined]
+                for env in server.of_type(protocol.JobFinished)
+            ),
+            timeout=60,
+        )
+        (done,) = [env.payload for env in server.of_type(protocol.JobFinished)]
+        assert isinstance(done, protocol.JobFinished)
+        assert done.status == "succeeded", done.error
+        assert done.summary is not None
+        target = Path(str(done.summary["target"]))
+        assert target.parent == restore_dir
+        restored = target / str(repo.src).lstrip("/") / "docs" / "a.txt"
+        assert restored.read_bytes() == (repo.src / "docs" / "a.txt").read_bytes()
+        assert server.connections == 1
+    finally:
+        await run.close()

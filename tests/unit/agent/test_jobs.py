@@ -399,14 +399,14 @@ async def test_backup_without_source_group_fails(harness: Harness, tmp_path: Pat
 
 async def test_unsupported_kind(tmp_path: Path) -> None:
     async with make_harness(tmp_path, None) as h:
-        await h.runner.run(run_cmd("pr", "restore"))
+        await h.runner.run(run_cmd("pr", "update"))
         done = h.finished("pr")
         assert done.status == "failed"
-        assert done.error == f"job kind restore is not supported by agent {__version__}"
+        assert done.error == f"job kind update is not supported by agent {__version__}"
         assert_well_ordered(h, "pr")
         # A command.run the server repeats (say, after a reconnect) does not
         # run the job again: its events are already in the outbox.
-        await h.runner.run(run_cmd("pr", "restore"))
+        await h.runner.run(run_cmd("pr", "update"))
         h.runner.reject("pr", "update", "operator", "again")
         assert len(h.of("pr", protocol.JobFinished)) == 1
         assert len(h.of("pr", protocol.JobStarted)) == 1
