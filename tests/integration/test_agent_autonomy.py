@@ -303,7 +303,16 @@ def leave_stale_lock(restic: str, repo: Path, password: str, tmp_path: Path) -> 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(lambda: any((repo / "locks").iterdir()), 20, "restic to take its lock", 0.02)
+    wait_for(
+        lambda: any(f.stat().st_size > 0 for f in (repo / "locks").iterdir()),
+        20,
+        "restic to take its lock",
+        0.02,
+    )
+    # Killed while still writing it, the lock file is empty or cut short and
+    # restic ignores it (seen on a loaded machine); by now restic has moved on
+    # to blocking on the FIFO with the lock complete.
+    time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()  # reaped: a zombie would still count as a live lock holder
 

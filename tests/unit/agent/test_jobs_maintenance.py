@@ -455,9 +455,13 @@ def leave_stale_lock(binary: ResticBinary, repo: Path, fifo: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
-    while not any((repo / "locks").iterdir()):
+    while not any(f.stat().st_size > 0 for f in (repo / "locks").iterdir()):
         assert time.monotonic() < deadline, "restic never took its lock"
         time.sleep(0.02)
+    # Killed while still writing it, the lock file is empty or cut short and
+    # restic ignores it (seen on a loaded machine); by now restic is blocked
+    # on the FIFO with the lock complete.
+    time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     # Reaped, so restic sees the lock's PID as dead (a zombie still "exists").
     proc.wait()
