@@ -459,15 +459,8 @@ class Shell(QObject):
         bridge = EventBridge(cp.bus)
         runner = AsyncRunner()
         runner.failed.connect(self.errors.action_failed)
-        self.ctx = UiContext(
-            hosts=cp.hosts,
-            jobs=cp.jobs,
-            enrolment=cp.enrolment,
-            sources=cp.sources,
-            schedules=cp.schedules,
-            maintenance=cp.maintenance,
-            restore=cp.restore,
-            server_info=cp.info,
+        self.ctx = UiContext.for_control_plane(
+            cp,
             bridge=bridge,
             runner=runner,
             settings=settings,

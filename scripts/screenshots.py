@@ -415,15 +415,8 @@ async def main_window_shots(out: Path) -> list[Path]:
         try:
             async with aiohttp.ClientSession() as session:
                 fleet = await build_fleet(cp, session)
-                ctx = UiContext(
-                    hosts=cp.hosts,
-                    jobs=cp.jobs,
-                    enrolment=cp.enrolment,
-                    sources=cp.sources,
-                    schedules=cp.schedules,
-                    maintenance=cp.maintenance,
-                    restore=cp.restore,
-                    server_info=cp.info,
+                ctx = UiContext.for_control_plane(
+                    cp,
                     bridge=bridge,
                     runner=runner,
                     settings=QSettings(str(Path(tmp) / "ui.ini"), QSettings.Format.IniFormat),
@@ -505,15 +498,8 @@ async def _with_ui(fn: Callable[..., Any], out: Path) -> list[Path]:
         bridge = EventBridge(cp.bus)
         runner = AsyncRunner()
         try:
-            ui = UiContext(
-                hosts=cp.hosts,
-                jobs=cp.jobs,
-                enrolment=cp.enrolment,
-                sources=cp.sources,
-                schedules=cp.schedules,
-                maintenance=cp.maintenance,
-                restore=cp.restore,
-                server_info=cp.info,
+            ui = UiContext.for_control_plane(
+                cp,
                 bridge=bridge,
                 runner=runner,
                 settings=QSettings(str(Path(tmp) / "ui.ini"), QSettings.Format.IniFormat),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings
 
@@ -17,6 +18,9 @@ from server_core.services.sources import SourceService
 from server_core.views import ServerInfo
 from ui_qt.bridge import EventBridge
 from ui_qt.tasks import AsyncRunner
+
+if TYPE_CHECKING:
+    from server_core.control_plane import ControlPlane
 
 
 @dataclass(frozen=True)
@@ -32,3 +36,28 @@ class UiContext:
     bridge: EventBridge
     runner: AsyncRunner
     settings: QSettings
+
+    @classmethod
+    def for_control_plane(
+        cls,
+        cp: ControlPlane,
+        *,
+        bridge: EventBridge,
+        runner: AsyncRunner,
+        settings: QSettings,
+    ) -> UiContext:
+        """The views' context on a started control plane: one place to list its
+        services, so a new service is wired once rather than in every caller."""
+        return cls(
+            hosts=cp.hosts,
+            jobs=cp.jobs,
+            enrolment=cp.enrolment,
+            sources=cp.sources,
+            schedules=cp.schedules,
+            maintenance=cp.maintenance,
+            restore=cp.restore,
+            server_info=cp.info,
+            bridge=bridge,
+            runner=runner,
+            settings=settings,
+        )

@@ -71,15 +71,8 @@ async def control_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
 async def ui(control_plane: ControlPlane, qapp_settings: QSettings) -> AsyncIterator[UiContext]:
     bridge = EventBridge(control_plane.bus)
     runner = AsyncRunner()
-    ctx = UiContext(
-        hosts=control_plane.hosts,
-        jobs=control_plane.jobs,
-        enrolment=control_plane.enrolment,
-        sources=control_plane.sources,
-        schedules=control_plane.schedules,
-        maintenance=control_plane.maintenance,
-        restore=control_plane.restore,
-        server_info=control_plane.info,
+    ctx = UiContext.for_control_plane(
+        control_plane,
         bridge=bridge,
         runner=runner,
         settings=qapp_settings,

@@ -137,15 +137,8 @@ async def _main(out: Path) -> list[Path]:
         await cp.start()
         bridge = EventBridge(cp.bus)
         runner = AsyncRunner()
-        ui = UiContext(
-            hosts=cp.hosts,
-            jobs=cp.jobs,
-            enrolment=cp.enrolment,
-            sources=cp.sources,
-            schedules=cp.schedules,
-            maintenance=cp.maintenance,
-            restore=cp.restore,
-            server_info=cp.info,
+        ui = UiContext.for_control_plane(
+            cp,
             bridge=bridge,
             runner=runner,
             settings=QSettings(str(Path(tmp) / "ui.ini"), QSettings.Format.IniFormat),
