@@ -15,24 +15,20 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import keyring.backends.fail
 import qasync
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint
+from tests.helpers.embedded_ui import embedded_ui
 from tests.helpers.fleet import BIN, AgentProcess
 from tests.helpers.restic_bins import RESTIC_BINARIES
 from ui_qt.add_host import AddHostDialog
-from ui_qt.bridge import EventBridge
 from ui_qt.context import UiContext
-from ui_qt.tasks import AsyncRunner
 
 SIZE = (760, 960)  # tall enough for the whole form
 
@@ -125,30 +121,8 @@ async def render_with(
 
 
 async def _main(out: Path) -> list[Path]:
-    with tempfile.TemporaryDirectory(prefix="rm-shots-") as tmp:
-        cp = ControlPlane(
-            ControlPlaneConfig(
-                data_dir=Path(tmp) / "data",
-                agent_listen=Endpoint("127.0.0.1", 0),
-                api_listen=Endpoint("127.0.0.1", 0),
-                keyring_backend=keyring.backends.fail.Keyring(),
-            )
-        )
-        await cp.start()
-        bridge = EventBridge(cp.bus)
-        runner = AsyncRunner()
-        ui = UiContext.for_control_plane(
-            cp,
-            bridge=bridge,
-            runner=runner,
-            settings=QSettings(str(Path(tmp) / "ui.ini"), QSettings.Format.IniFormat),
-        )
-        try:
-            return await render_with(ui, out, agent_url=cp.agent_url, workdir=Path(tmp))
-        finally:
-            await runner.drain()
-            bridge.close()
-            await cp.stop()
+    async with embedded_ui(prefix="rm-shots-") as env:
+        return await render_with(env.ui, out, agent_url=env.cp.agent_url, workdir=env.workdir)
 
 
 def render(path_dir: str | Path) -> list[Path]:

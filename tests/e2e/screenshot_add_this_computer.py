@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,22 +29,20 @@ from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import keyring.backends.fail
 import qasync
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from app import local_agent as la
-from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint
+from server_core.control_plane import ControlPlane
 from server_core.services.enrolment import AgentEndpoint
+from tests.helpers.embedded_ui import embedded_ui
 from tests.helpers.fleet import make_tree
 from tests.helpers.palettes import dark_palette
 from tests.helpers.restic_bins import RESTIC_BINARIES
 from ui_qt.add_this_computer import DONE, FAILED, AddThisComputerDialog
-from ui_qt.bridge import EventBridge
 from ui_qt.context import UiContext
 from ui_qt.fleet_view import FleetView
-from ui_qt.tasks import AsyncRunner
 
 SIZE = (760, 740)
 
@@ -175,30 +172,8 @@ async def render_with(cp: ControlPlane, ui: UiContext, out: Path, workdir: Path)
 
 
 async def _main(out: Path) -> list[Path]:
-    with tempfile.TemporaryDirectory(prefix="rm-this-computer-") as tmp:
-        cp = ControlPlane(
-            ControlPlaneConfig(
-                data_dir=Path(tmp) / "data",
-                agent_listen=Endpoint("127.0.0.1", 0),
-                api_listen=Endpoint("127.0.0.1", 0),
-                keyring_backend=keyring.backends.fail.Keyring(),
-            )
-        )
-        await cp.start()
-        bridge = EventBridge(cp.bus)
-        runner = AsyncRunner()
-        ui = UiContext.for_control_plane(
-            cp,
-            bridge=bridge,
-            runner=runner,
-            settings=QSettings(str(Path(tmp) / "ui.ini"), QSettings.Format.IniFormat),
-        )
-        try:
-            return await render_with(cp, ui, out, Path(tmp))
-        finally:
-            await runner.drain()
-            bridge.close()
-            await cp.stop()
+    async with embedded_ui(prefix="rm-this-computer-") as env:
+        return await render_with(env.cp, env.ui, out, env.workdir)
 
 
 def render(path_dir: str | Path) -> list[Path]:

@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -36,20 +35,16 @@ if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import aiohttp
-import keyring.backends.fail
 import qasync
-from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication, QWidget
 
 from agent import protocol as p
-from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
+from tests.helpers.embedded_ui import embedded_ui
 from tests.helpers.fake_agent import FakeAgent, enrol, pinned
-from ui_qt.bridge import EventBridge
 from ui_qt.context import UiContext
 from ui_qt.host_view import HostView
-from ui_qt.tasks import AsyncRunner
 
 MiB = 1024**2
 GiB = 1024**3
@@ -356,30 +351,8 @@ async def render(path_dir: str | Path, ui: UiContext) -> list[Path]:
 
 
 async def _standalone(path_dir: Path) -> list[Path]:
-    with tempfile.TemporaryDirectory() as tmp:
-        cp = ControlPlane(
-            ControlPlaneConfig(
-                data_dir=Path(tmp) / "data",
-                agent_listen=Endpoint("127.0.0.1", 0),
-                api_listen=Endpoint("127.0.0.1", 0),
-                keyring_backend=keyring.backends.fail.Keyring(),
-            )
-        )
-        await cp.start()
-        bridge = EventBridge(cp.bus)
-        runner = AsyncRunner()
-        ui = UiContext.for_control_plane(
-            cp,
-            bridge=bridge,
-            runner=runner,
-            settings=QSettings(str(Path(tmp) / "ui.ini"), QSettings.Format.IniFormat),
-        )
-        try:
-            return await render(path_dir, ui)
-        finally:
-            await runner.drain()
-            bridge.close()
-            await cp.stop()
+    async with embedded_ui() as env:
+        return await render(path_dir, env.ui)
 
 
 def render_standalone(path_dir: str | Path) -> list[Path]:
