@@ -79,6 +79,26 @@ def show_message(
     return box
 
 
+def confirm_delete(
+    parent: QWidget, title: str, text: str, object_name: str, on_delete: Callable[[], None]
+) -> QMessageBox:
+    """A window-modal "Delete / Cancel" question; ``on_delete`` runs only on Delete."""
+    box = QMessageBox(
+        QMessageBox.Icon.Question,
+        title,
+        text,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+        parent,
+    )
+    box.setObjectName(object_name)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    yes = box.button(QMessageBox.StandardButton.Yes)
+    yes.setText("Delete")
+    box.buttonClicked.connect(lambda button: on_delete() if button is yes else None)
+    box.open()
+    return box
+
+
 def error_label() -> QLabel:
     """An inline error line, hidden until it has something to say."""
     label = QLabel()

@@ -39,6 +39,7 @@ from ui_qt.host_tabs.common import (
     HostTab,
     SingleFlight,
     alive,
+    confirm_delete,
     error_label,
     error_text,
     guarded,
@@ -335,23 +336,14 @@ class SchedulesTab(HostTab):
         schedule = self.selected_schedule()
         if schedule is None:
             return
-        box = QMessageBox(
-            QMessageBox.Icon.Question,
+        self.confirm_box = confirm_delete(
+            self,
             "Delete schedule",
             f"Delete the schedule “{schedule.description}” ({schedule.cron})?\n\n"
             "The agent stops running it as soon as it gets the new schedule set.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-            self,
+            "confirmDeleteSchedule",
+            lambda: self.delete_schedule(schedule),
         )
-        box.setObjectName("confirmDeleteSchedule")
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        yes = box.button(QMessageBox.StandardButton.Yes)
-        yes.setText("Delete")
-        box.buttonClicked.connect(
-            lambda button, s=schedule: self.delete_schedule(s) if button is yes else None
-        )
-        self.confirm_box = box
-        box.open()
 
     def delete_schedule(self, schedule: ScheduleView) -> None:
         self.ctx.runner.run(

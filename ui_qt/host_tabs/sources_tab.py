@@ -47,6 +47,7 @@ from ui_qt.host_tabs.common import (
     HostTab,
     SingleFlight,
     alive,
+    confirm_delete,
     error_label,
     error_text,
     guarded,
@@ -591,23 +592,14 @@ class SourcesTab(HostTab):
         if group.schedule_ids or len(self.groups) <= 1:
             self.delete_group(group)  # the service refuses and says why
             return
-        box = QMessageBox(
-            QMessageBox.Icon.Question,
+        self.confirm_box = confirm_delete(
+            self,
             "Delete source group",
             f"Delete the source group {group.name!r}?\n\nIts snapshots stay in the "
             "repository; forget no longer applies this group's retention to them.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-            self,
+            "confirmDeleteGroup",
+            lambda: self.delete_group(group),
         )
-        box.setObjectName("confirmDeleteGroup")
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        yes = box.button(QMessageBox.StandardButton.Yes)
-        yes.setText("Delete")
-        box.buttonClicked.connect(
-            lambda button, g=group: self.delete_group(g) if button is yes else None
-        )
-        self.confirm_box = box
-        box.open()
 
     def delete_group(self, group: SourceGroupView) -> None:
         self.delete_button.setEnabled(False)
