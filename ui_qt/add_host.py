@@ -66,6 +66,7 @@ from ui_qt.context import UiContext
 from ui_qt.formatting import absolute_time, relative_time
 from ui_qt.install_commands import InstallCommandsPanel
 from ui_qt.widgets.colors import Tone, fill_color, text_color
+from ui_qt.widgets.field_errors import FieldErrorsMixin
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ class EnvTable(QWidget):
         return env
 
 
-class AddHostDialog(QDialog):
+class AddHostDialog(FieldErrorsMixin, QDialog):
     """Non-modal: the operator may keep it open beside a terminal on the new host."""
 
     host_created = Signal(int)  # host id, once the control plane accepted the form
@@ -675,22 +676,6 @@ class AddHostDialog(QDialog):
             "keep": self.keep[KEEP_RULES[0][0]],
         }
         return widgets[key]
-
-    def error_text(self, key: str) -> str:
-        """The error shown next to a field ('' when none); 'form' is the general one."""
-        label = self.form_error if key == "form" else self._errors[key]
-        return label.text() if label.isVisibleTo(self) else ""
-
-    def shown_errors(self) -> dict[str, str]:
-        out = {k: label.text() for k, label in self._errors.items() if label.isVisibleTo(self)}
-        if self.form_error.isVisibleTo(self):
-            out["form"] = self.form_error.text()
-        return out
-
-    def _clear_errors(self, *_: object) -> None:
-        for label in self._errors.values():
-            label.setVisible(False)
-        self.form_error.setVisible(False)
 
     def _show_error(self, api_field: str | None, message: str) -> None:
         key = field_for_error(api_field)

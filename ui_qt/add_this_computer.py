@@ -56,6 +56,7 @@ from ui_qt.context import UiContext
 from ui_qt.formatting import duration, human_bytes
 from ui_qt.navigator import Navigator
 from ui_qt.widgets.colors import Tone, current_palette, fill_color, is_dark, text_color
+from ui_qt.widgets.field_errors import FieldErrorsMixin
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ class StepRow(QWidget):
             self.detail.setVisible(bool(detail))
 
 
-class AddThisComputerDialog(QDialog):
+class AddThisComputerDialog(FieldErrorsMixin, QDialog):
     """Non-modal; the setup goes on (and cleans up after itself) if it is closed."""
 
     service_detected = Signal(object)  # ServicePlanView
@@ -538,21 +539,6 @@ class AddThisComputerDialog(QDialog):
         column.addWidget(error)
         self._errors[key] = error
         return box
-
-    def error_text(self, key: str) -> str:
-        label = self.form_error if key == "form" else self._errors[key]
-        return label.text() if label.isVisibleTo(self) else ""
-
-    def shown_errors(self) -> dict[str, str]:
-        out = {k: label.text() for k, label in self._errors.items() if label.isVisibleTo(self)}
-        if self.form_error.isVisibleTo(self):
-            out["form"] = self.form_error.text()
-        return out
-
-    def _clear_errors(self, *_: object) -> None:
-        for label in self._errors.values():
-            label.setVisible(False)
-        self.form_error.setVisible(False)
 
     def _show_error(self, key: str | None, message: str) -> None:
         if key not in self._errors:
