@@ -24,7 +24,18 @@ def runs(svc: Services) -> dict[str, CommandRun]:
     return {m.job_id: m for m in svc.agents.of_type(CommandRun) if isinstance(m, CommandRun)}
 
 
-async def set_plan(svc: Services, host_id: int, **fields: object) -> None:
+CADENCES = ("forget_cron", "prune_cron", "check_cron")
+
+
+async def set_plan(
+    svc: Services, host_id: int, *, keep_defaults: bool = False, **fields: object
+) -> None:
+    """Cadences not named are switched off unless keep_defaults: the defaults
+    fire at fixed wall-clock times (daily 03:30 …), and a test whose window
+    happened to span one would see an extra job due."""
+    if not keep_defaults:
+        fields = {**{c: None for c in CADENCES}, **fields}
+
     def run() -> None:
         row, _ = maintenance_plan.ensure_row(host_id)
         for k, v in fields.items():
@@ -159,7 +170,7 @@ async def test_due_after_a_window_passes_and_not_again_after_an_attempt(svc: Ser
 
 async def test_windows_before_the_plan_existed_are_not_due(svc: Services) -> None:
     host_id = await add_host(svc, online=True)
-    await set_plan(svc, host_id, created_at=time.time())
+    await set_plan(svc, host_id, keep_defaults=True, created_at=time.time())
     assert await svc.store.call(due_dispatches, None, time.time()) == []
 
 
