@@ -5,12 +5,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from server_core.errors import InvalidInput, NotFound, ServiceError
+from server_core.api_common import (
+    ACTOR_KEY,
+    Handler,
+    error_response,
+    int_param,
+    optional_id,
+    query_int,
+    read_body,
+)
+from server_core.errors import InvalidInput, ServiceError
 from server_core.services.api_tokens import authenticate_api_token
 from server_core.services.audit_log import list_audit
 from server_core.services.context import Actor, ServiceContext
@@ -25,52 +34,12 @@ from server_core.views import ServerInfo, TreeListing, as_json
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ACTOR_KEY = web.RequestKey("actor", Actor)
 
-
-def error_response(
-    status: int, code: str, message: str, *, field: str | None = None
-) -> web.Response:
-    error: dict[str, str] = {"code": code, "message": message}
-    if field is not None:
-        error["field"] = field
-    return web.json_response({"error": error}, status=status)
-
-
-MAX_ID = 2**63 - 1
 # Jobs described by an object named after their kind, and that object's fields.
 JOB_SPECS: dict[str, tuple[str, ...]] = {
     "restore": ("snapshot_id", "paths", "target_dir", "in_place", "confirm_hostname"),
     "diff": ("snapshot_a", "snapshot_b"),
 }
-
-
-def _int_param(request: web.Request, name: str) -> int:
-    raw = request.match_info[name]
-    what = name.removesuffix("_id").replace("_", " ")
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
-        raise NotFound(f"{what} {raw[:40]!r} does not exist")
-    return int(raw)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidInput("the request body must be valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return body
-
-
-def _query_int(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or len(raw) > 10:
-        raise InvalidInput(f"'{name}' must be a whole number", field=name)
-    return int(raw)
 
 
 def tree_listing_json(listing: TreeListing) -> dict[str, Any]:
@@ -89,15 +58,6 @@ def tree_listing_json(listing: TreeListing) -> dict[str, Any]:
         ],
         "total": listing.total,
     }
-
-
-def _optional_id(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_ID:
-        raise InvalidInput(f"'{name}' must be a positive integer", field=name)
-    return value
 
 
 class ApiListener:
@@ -206,7 +166,7 @@ class ApiListener:
         )
 
     async def create_enrolment_token(self, request: web.Request) -> web.Response:
-        new = parse_new_host(await _body(request))
+        new = parse_new_host(await read_body(request))
         grant = await self._enrolment.add_host(new, request[ACTOR_KEY])
         return web.json_response(
             {
@@ -219,12 +179,12 @@ class ApiListener:
         )
 
     async def list_enrolment_tokens(self, request: web.Request) -> web.Response:
-        views = await self._enrolment.list_tokens(_int_param(request, "host_id"))
+        views = await self._enrolment.list_tokens(int_param(request, "host_id"))
         return web.json_response(as_json(views))
 
     async def regenerate_enrolment_token(self, request: web.Request) -> web.Response:
         grant = await self._enrolment.regenerate_token(
-            _int_param(request, "host_id"), request[ACTOR_KEY]
+            int_param(request, "host_id"), request[ACTOR_KEY]
         )
         commands = self._enrolment.install_commands(grant.token)
         return web.json_response(
@@ -240,23 +200,23 @@ class ApiListener:
         )
 
     async def revoke_enrolment_token(self, request: web.Request) -> web.Response:
-        await self._enrolment.revoke_token(_int_param(request, "token_id"), request[ACTOR_KEY])
+        await self._enrolment.revoke_token(int_param(request, "token_id"), request[ACTOR_KEY])
         return web.Response(status=204)
 
     async def list_hosts(self, request: web.Request) -> web.Response:
         return web.json_response(as_json(await self._hosts.list_hosts()))
 
     async def get_host(self, request: web.Request) -> web.Response:
-        host = await self._hosts.get_host(_int_param(request, "host_id"))
+        host = await self._hosts.get_host(int_param(request, "host_id"))
         return web.json_response(as_json(host))
 
     async def delete_host(self, request: web.Request) -> web.Response:
-        await self._hosts.delete_host(_int_param(request, "host_id"), request[ACTOR_KEY])
+        await self._hosts.delete_host(int_param(request, "host_id"), request[ACTOR_KEY])
         return web.Response(status=204)
 
     async def put_credentials(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
-        body = await _body(request)
+        host_id = int_param(request, "host_id")
+        body = await read_body(request)
         unknown = set(body) - {"slot", "repository"}
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -267,12 +227,12 @@ class ApiListener:
         return web.Response(status=204)
 
     async def put_bandwidth(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await read_body(request)
         unknown = set(body) - {"upload_kib_s", "download_kib_s"}
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         await self._hosts.set_bandwidth(
-            _int_param(request, "host_id"),
+            int_param(request, "host_id"),
             body.get("upload_kib_s"),
             body.get("download_kib_s"),
             request[ACTOR_KEY],
@@ -280,78 +240,80 @@ class ApiListener:
         return web.Response(status=204)
 
     async def list_source_groups(self, request: web.Request) -> web.Response:
-        groups = await self._sources.list_groups(_int_param(request, "host_id"))
+        groups = await self._sources.list_groups(int_param(request, "host_id"))
         return web.json_response(as_json(groups))
 
     async def create_source_group(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
-        view = await self._sources.create_group(host_id, await _body(request), request[ACTOR_KEY])
+        host_id = int_param(request, "host_id")
+        view = await self._sources.create_group(
+            host_id, await read_body(request), request[ACTOR_KEY]
+        )
         return web.json_response(as_json(view), status=201)
 
     async def get_source_group(self, request: web.Request) -> web.Response:
         view = await self._sources.get_group(
-            _int_param(request, "host_id"), _int_param(request, "source_group_id")
+            int_param(request, "host_id"), int_param(request, "source_group_id")
         )
         return web.json_response(as_json(view))
 
     async def put_source_group(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
-        group_id = _int_param(request, "source_group_id")
+        host_id = int_param(request, "host_id")
+        group_id = int_param(request, "source_group_id")
         view = await self._sources.update_group(
-            host_id, group_id, await _body(request), request[ACTOR_KEY]
+            host_id, group_id, await read_body(request), request[ACTOR_KEY]
         )
         return web.json_response(as_json(view))
 
     async def delete_source_group(self, request: web.Request) -> web.Response:
         await self._sources.delete_group(
-            _int_param(request, "host_id"),
-            _int_param(request, "source_group_id"),
+            int_param(request, "host_id"),
+            int_param(request, "source_group_id"),
             request[ACTOR_KEY],
         )
         return web.Response(status=204)
 
     async def list_schedules(self, request: web.Request) -> web.Response:
-        views = await self._schedules.list_schedules(_int_param(request, "host_id"))
+        views = await self._schedules.list_schedules(int_param(request, "host_id"))
         return web.json_response(as_json(views))
 
     async def create_schedule(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
+        host_id = int_param(request, "host_id")
         view = await self._schedules.create_schedule(
-            host_id, await _body(request), request[ACTOR_KEY]
+            host_id, await read_body(request), request[ACTOR_KEY]
         )
         return web.json_response(as_json(view), status=201)
 
     async def get_schedule(self, request: web.Request) -> web.Response:
         view = await self._schedules.get_schedule(
-            _int_param(request, "host_id"), _int_param(request, "schedule_id")
+            int_param(request, "host_id"), int_param(request, "schedule_id")
         )
         return web.json_response(as_json(view))
 
     async def put_schedule(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
-        schedule_id = _int_param(request, "schedule_id")
+        host_id = int_param(request, "host_id")
+        schedule_id = int_param(request, "schedule_id")
         view = await self._schedules.update_schedule(
-            host_id, schedule_id, await _body(request), request[ACTOR_KEY]
+            host_id, schedule_id, await read_body(request), request[ACTOR_KEY]
         )
         return web.json_response(as_json(view))
 
     async def delete_schedule(self, request: web.Request) -> web.Response:
         await self._schedules.delete_schedule(
-            _int_param(request, "host_id"), _int_param(request, "schedule_id"), request[ACTOR_KEY]
+            int_param(request, "host_id"), int_param(request, "schedule_id"), request[ACTOR_KEY]
         )
         return web.Response(status=204)
 
     async def list_conflicts(self, request: web.Request) -> web.Response:
-        views = await self._schedules.conflicts(_int_param(request, "host_id"))
+        views = await self._schedules.conflicts(int_param(request, "host_id"))
         return web.json_response(as_json(views))
 
     async def get_default_hooks(self, request: web.Request) -> web.Response:
-        view = await self._sources.default_hooks(_int_param(request, "host_id"))
+        view = await self._sources.default_hooks(int_param(request, "host_id"))
         return web.json_response(as_json(view))
 
     async def put_default_hooks(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
-        body = await _body(request)
+        host_id = int_param(request, "host_id")
+        body = await read_body(request)
         unknown = set(body) - {"pre_hook", "post_hook", "host_id"}
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -361,16 +323,16 @@ class ApiListener:
         return web.json_response(as_json(view))
 
     async def get_maintenance(self, request: web.Request) -> web.Response:
-        view = await self._maintenance.get(_int_param(request, "host_id"))
+        view = await self._maintenance.get(int_param(request, "host_id"))
         return web.json_response(as_json(view))
 
     async def put_maintenance(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
-        view = await self._maintenance.update(host_id, await _body(request), request[ACTOR_KEY])
+        host_id = int_param(request, "host_id")
+        view = await self._maintenance.update(host_id, await read_body(request), request[ACTOR_KEY])
         return web.json_response(as_json(view))
 
     async def repo_stats(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
+        host_id = int_param(request, "host_id")
         raw = request.query.get("days", "365")
         if not raw.isdigit() or len(raw) > 6:
             raise InvalidInput("'days' must be a whole number of days", field="days")
@@ -378,8 +340,8 @@ class ApiListener:
         return web.json_response(as_json(view))
 
     async def reinit_repo(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
-        body = await _body(request)
+        host_id = int_param(request, "host_id")
+        body = await read_body(request)
         unknown = set(body) - {"confirm"}
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -393,16 +355,16 @@ class ApiListener:
         return web.json_response({"job_id": job_id}, status=202)
 
     async def list_snapshots(self, request: web.Request) -> web.Response:
-        snaps = await self._hosts.list_snapshots(_int_param(request, "host_id"))
+        snaps = await self._hosts.list_snapshots(int_param(request, "host_id"))
         return web.json_response(as_json(snaps))
 
     async def snapshot_tree(self, request: web.Request) -> web.Response:
         listing = await self._restore.tree_list(
-            _int_param(request, "host_id"),
+            int_param(request, "host_id"),
             request.match_info["snapshot_id"],
             request.query.get("path") or "/",
-            offset=_query_int(request, "offset", 0),
-            limit=_query_int(request, "limit", 5000),
+            offset=query_int(request, "offset", 0),
+            limit=query_int(request, "limit", 5000),
         )
         return web.json_response(tree_listing_json(listing))
 
@@ -414,20 +376,20 @@ class ApiListener:
 
     async def _find(self, request: web.Request, snapshot_id: str | None) -> web.Response:
         results = await self._restore.find(
-            _int_param(request, "host_id"),
+            int_param(request, "host_id"),
             request.query.get("q", ""),
             snapshot_id,
-            limit=_query_int(request, "limit", 500),
+            limit=query_int(request, "limit", 500),
         )
         return web.json_response(as_json(results))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        jobs = await self._jobs.list_jobs(_int_param(request, "host_id"))
+        jobs = await self._jobs.list_jobs(int_param(request, "host_id"))
         return web.json_response(as_json(jobs))
 
     async def create_job(self, request: web.Request) -> web.Response:
-        host_id = _int_param(request, "host_id")
-        body = await _body(request)
+        host_id = int_param(request, "host_id")
+        body = await read_body(request)
         unknown = set(body) - {
             "kind",
             "source_group_id",
@@ -448,7 +410,7 @@ class ApiListener:
         for name in JOB_SPECS:
             if name in body:
                 raise InvalidInput(f"'{name}' only applies to a {name} job", field=name)
-        group = _optional_id(body, "source_group_id")
+        group = optional_id(body, "source_group_id")
         actor = request[ACTOR_KEY]
         upload, download = body.get("upload_kib_s"), body.get("download_kib_s")
         if (upload is not None or download is not None) and kind != "backup":

@@ -58,6 +58,23 @@ class AuditAppended:
     count: int
 
 
+@dataclass(frozen=True)
+class AlertChanged:
+    """An alert was raised, re-fired (count bumped), acknowledged or resolved."""
+
+    alert_id: int
+    host_id: int | None
+    transition: str  # raised | bumped | acknowledged | resolved
+    severity: str
+
+
+@dataclass(frozen=True)
+class ChannelsChanged:
+    """Notification channels were added, edited, removed or attempted a delivery."""
+
+    channel_id: int | None = None
+
+
 Event = (
     HostChanged
     | HostRemoved
@@ -67,6 +84,8 @@ Event = (
     | SourcesChanged
     | RepoStatsChanged
     | AuditAppended
+    | AlertChanged
+    | ChannelsChanged
 )
 Subscriber = Callable[[Event], None]
 

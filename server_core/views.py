@@ -292,3 +292,93 @@ class ServerInfo:
     data_dir: str
     key_source: str
     warnings: list[str] = field(default_factory=list)
+
+
+# -- alerts, notifications, audit, settings -------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertView:
+    id: int
+    kind: str  # backup_failed | forget_failed | … (server_core.alert_rules.KINDS)
+    severity: str  # info | warning | critical
+    host_id: int | None
+    host_name: str | None
+    status: str  # open | acknowledged | resolved
+    message: str
+    first_seen_at: float
+    last_seen_at: float
+    count: int
+    acknowledged_at: float | None = None
+    resolved_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AlertCounts:
+    open: int
+    acknowledged: int
+    # The worst severity among unresolved alerts, None when there are none.
+    worst_severity: str | None
+
+
+@dataclass(frozen=True)
+class ChannelView:
+    """A notification channel as it may be shown: secrets never leave the service;
+    secret_fields names those that are set."""
+
+    id: int
+    kind: str  # webhook | ntfy | smtp
+    name: str
+    enabled: bool
+    min_severity: str
+    config: dict[str, Any]  # the non-secret part
+    secret_fields: list[str]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """One attempt to deliver one notification on one channel."""
+
+    id: int
+    channel_id: int
+    channel_name: str
+    alert_id: int | None
+    ts: float
+    event: str  # raised | acknowledged | resolved | test
+    ok: bool
+    detail: str | None  # "HTTP 200", "250 OK", or the error
+    latency_ms: int | None
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class TestResult:
+    ok: bool
+    detail: str
+    latency_ms: int
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    since: float | None = None
+    until: float | None = None
+    actor_kind: str | None = None  # operator | api | agent | system
+    action: str | None = None  # exact, or a prefix ending in "." ("alert.")
+    target: str | None = None  # "kind" or "kind:id" ("host:3")
+    text: str | None = None  # free text over action, actor, target and payload
+    limit: int = 1000
+    before_id: int | None = None  # paging: entries older than this id
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: list[AuditView]
+    # True when more matching entries exist beyond this page (older ones).
+    more: bool
+
+
+@dataclass(frozen=True)
+class MetricsSettingsView:
+    enabled: bool
+    token_set: bool
