@@ -295,9 +295,21 @@ ALTER TABLE "maintenance" ADD COLUMN "created_at" REAL;
 """
 
 
+# Issue 6: who resolved an alert ("system" when its condition cleared, else
+# the operator's actor kind). A condition an operator resolved while it still
+# held is the same problem, not a new one: the engine must not raise it again
+# until the condition clears and returns. Listing alerts by status, newest
+# first, is the alerts view's query.
+_V3_ALERT_RESOLVED_BY = """
+ALTER TABLE "alert" ADD COLUMN "resolved_by" TEXT;
+CREATE INDEX "alert_status_last_seen_at" ON "alert" ("status", "last_seen_at");
+"""
+
+
 MIGRATIONS: Sequence[tuple[int, str, str]] = (
     (1, "initial schema", _V1_INITIAL_SCHEMA),
     (2, "repo file count, maintenance start", _V2_FILE_COUNT_AND_MAINTENANCE_START),
+    (3, "alert resolved_by", _V3_ALERT_RESOLVED_BY),
 )
 
 

@@ -201,6 +201,8 @@ class Alert(BaseModel):
     count = pw.IntegerField(default=1)
     acknowledged_at = pw.FloatField(null=True)
     resolved_at = pw.FloatField(null=True)
+    # "system" when the condition cleared, else the actor kind who resolved it.
+    resolved_by = pw.TextField(null=True)
 
     class Meta:
         indexes = ((("dedup_key", "status"), False),)

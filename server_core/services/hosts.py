@@ -198,6 +198,9 @@ def _size_history(db: Any, ids: list[int] | None, now: float) -> dict[int, list[
     return out
 
 
+PRESENCE_MODES = ("always_on", "laptop")
+
+
 def require_host(host_id: int) -> Host:
     host: Host | None = Host.get_or_none(Host.id == host_id)
     if host is None:
@@ -373,6 +376,34 @@ class HostService:
         if await self._ctx.store.transaction(run):
             self._ctx.bus.publish(HostChanged(host_id))
         return clean
+
+    async def set_presence_mode(self, host_id: int, mode: str, actor: Actor) -> HostView:
+        """Always-on hosts raise agent_offline when silent; laptops sleep
+        without alerts and get a longer stale-backup horizon."""
+        if mode not in PRESENCE_MODES:
+            raise InvalidInput("'mode' must be 'always_on' or 'laptop'", field="mode")
+
+        def run() -> tuple[bool, HostView]:
+            host = require_host(host_id)
+            before = str(host.presence_mode)
+            if before != mode:
+                host.presence_mode = mode
+                host.save()
+                audit.record(
+                    actor.kind,
+                    "host.presence_changed",
+                    actor_id=actor.id,
+                    target_kind="host",
+                    target_id=host_id,
+                    payload={"before": before, "after": mode},
+                )
+            return before != mode, host_views([host_id])[0]
+
+        changed, view = await self._ctx.store.transaction(run)
+        if changed:
+            # The alert engine listens: a laptop's agent_offline alert is resolved.
+            self._ctx.bus.publish(HostChanged(host_id))
+        return view
 
     async def delete_host(self, host_id: int, actor: Actor) -> None:
         def run() -> str:
