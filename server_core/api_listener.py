@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from server_core import metrics
+from server_core.api_alerts import Alerts, AlertsApi, Notifications
 from server_core.api_common import (
     ACTOR_KEY,
     Handler,
@@ -21,7 +23,7 @@ from server_core.api_common import (
 )
 from server_core.errors import InvalidInput, ServiceError
 from server_core.services.api_tokens import authenticate_api_token
-from server_core.services.audit_log import list_audit
+from server_core.services.audit_log import AuditService
 from server_core.services.context import Actor, ServiceContext
 from server_core.services.enrolment import EnrolmentService, parse_new_host
 from server_core.services.hosts import HostService
@@ -29,10 +31,13 @@ from server_core.services.jobs import JobService
 from server_core.services.maintenance import RUN_NOW_KINDS, MaintenanceService
 from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
+from server_core.services.settings import MetricsAccess, SettingsService
 from server_core.services.sources import SourceService
 from server_core.views import ServerInfo, TreeListing, as_json
 
 log = logging.getLogger(__name__)
+
+METRICS_ROUTE = "metrics"
 
 
 # Jobs described by an object named after their kind, and that object's fields.
@@ -73,6 +78,10 @@ class ApiListener:
         restore: RestoreService,
         enrolment: EnrolmentService,
         server_info: Callable[[], ServerInfo],
+        alerts: Alerts,
+        notifications: Notifications,
+        audit: AuditService,
+        settings: SettingsService,
     ) -> None:
         self._ctx = ctx
         self._hosts = hosts
@@ -83,6 +92,8 @@ class ApiListener:
         self._restore = restore
         self._enrolment = enrolment
         self._server_info = server_info
+        self._settings = settings
+        self._alerts_api = AlertsApi(alerts, notifications, audit, settings, hosts)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
@@ -127,7 +138,8 @@ class ApiListener:
         r.add_get("/api/v1/jobs/{job_id}/log.ndjson", self.job_log_ndjson)
         r.add_get("/api/v1/jobs/{job_id}/log.txt", self.job_log_txt)
         r.add_post("/api/v1/jobs/{job_id}/cancel", self.cancel_job)
-        r.add_get("/api/v1/audit", self.audit)
+        self._alerts_api.routes(r)
+        r.add_get("/metrics", self.metrics, name=METRICS_ROUTE)
         return app
 
     # -- middlewares -------------------------------------------------------
@@ -148,6 +160,8 @@ class ApiListener:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.route.name == METRICS_ROUTE:
+            return await handler(request)  # its own token, checked by the handler
         scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
         token_id = None
         if scheme.lower() == "bearer" and raw.strip():
@@ -508,34 +522,15 @@ class ApiListener:
         await self._jobs.cancel(request.match_info["job_id"], request[ACTOR_KEY])
         return web.json_response({"status": "cancel requested"}, status=202)
 
-    async def audit(self, request: web.Request) -> web.Response:
-        q = request.query
-        try:
-            limit = int(q.get("limit", "500"))
-            since = float(q["since"]) if "since" in q else None
-        except ValueError:
-            raise InvalidInput("'limit' and 'since' must be numbers") from None
-        if not 1 <= limit <= 10_000:
-            raise InvalidInput("'limit' must be between 1 and 10000", field="limit")
-        entries = await self._ctx.store.call(
-            list_audit,
-            limit=limit,
-            action=q.get("action"),
-            target_kind=q.get("target_kind"),
-            target_id=q.get("target_id"),
-            since=since,
-        )
-        return web.json_response(
-            [
-                {
-                    "ts": e.ts,
-                    "actor_kind": e.actor_kind,
-                    "actor_id": e.actor_id,
-                    "action": e.action,
-                    "target_kind": e.target_kind,
-                    "target_id": e.target_id,
-                    "payload": e.payload,
-                }
-                for e in entries
-            ]
-        )
+    async def metrics(self, request: web.Request) -> web.Response:
+        access = await self._settings.metrics_access(request.headers.get("Authorization"))
+        if access is MetricsAccess.DISABLED:
+            return error_response(
+                404, "not_found", "metrics are disabled; turn them on in Settings → Metrics"
+            )
+        if access is MetricsAccess.DENIED:
+            response = error_response(401, "unauthorized", "missing or invalid metrics token")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="restic-manager metrics"'
+            return response
+        body = await metrics.render(self._ctx.store)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

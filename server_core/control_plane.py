@@ -21,13 +21,17 @@ from server_core.events import EventBus
 from server_core.hub import AgentHub
 from server_core.ingest import EventIngestor
 from server_core.rpc import RpcBroker
+from server_core.services.alerts import AlertEngine, AlertService
+from server_core.services.audit_log import AuditService
 from server_core.services.context import ServiceContext
 from server_core.services.enrolment import EnrolmentService, default_install_command
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import MaintenanceRunner, MaintenanceService
+from server_core.services.notifications import NotificationService
 from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
+from server_core.services.settings import SettingsService
 from server_core.services.sources import SourceService
 from server_core.store import Store
 from server_core.tls import load_or_create_certificate, ssl_context
@@ -70,6 +74,10 @@ class ControlPlaneConfig:
     offline_after_s: float = 90.0
     # How often due forget/prune are looked for (also on each host coming online).
     maintenance_interval_s: float = 30.0
+    # Time-based alert conditions (silent agents, missed backups) are looked at this often.
+    alert_tick_s: float = 60.0
+    # Notification delivery retries, in seconds after each failed attempt.
+    notify_retry_delays_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     keyring_backend: keyring.backend.KeyringBackend | None = None
 
 
@@ -134,8 +142,18 @@ class ControlPlane:
         self.maintenance_runner = MaintenanceRunner(
             ctx, self.jobs, interval_s=cfg.maintenance_interval_s
         )
+        self.alerts = AlertService(ctx)
+        self.alert_engine = AlertEngine(
+            ctx, self.alerts, offline_after_s=cfg.offline_after_s, tick_s=cfg.alert_tick_s
+        )
+        self.notifications = NotificationService(ctx, retry_delays_s=cfg.notify_retry_delays_s)
+        self.audit = AuditService(ctx)
+        self.settings = SettingsService(ctx)
         self.ingestor = EventIngestor(self.store, self.bus)
         await self.hub.mark_all_offline()
+        # Notifications first: an alert the engine raises at start-up must find a listener.
+        self.notifications.start()
+        self.alert_engine.start()
         self.ingestor.start()
         self.hub.start()
         self.maintenance_runner.start()
@@ -168,6 +186,10 @@ class ControlPlane:
             restore=self.restore,
             enrolment=self.enrolment,
             server_info=self.info,
+            alerts=self.alerts,
+            notifications=self.notifications,
+            audit=self.audit,
+            settings=self.settings,
         ).app()
         api_runner = web.AppRunner(
             api_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
@@ -224,6 +246,10 @@ class ControlPlane:
         self._runners.clear()
         if hasattr(self, "ingestor"):
             await self.ingestor.stop()
+        if hasattr(self, "alert_engine"):
+            await self.alert_engine.stop()
+        if hasattr(self, "notifications"):
+            await self.notifications.stop()
         await self.store.close()
 
 

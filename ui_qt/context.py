@@ -8,12 +8,16 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings
 
+from server_core.services.alerts import AlertService
+from server_core.services.audit_log import AuditService
 from server_core.services.enrolment import EnrolmentService
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import MaintenanceService
+from server_core.services.notifications import NotificationService
 from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
+from server_core.services.settings import SettingsService
 from server_core.services.sources import SourceService
 from server_core.views import ServerInfo
 from ui_qt.bridge import EventBridge
@@ -32,6 +36,10 @@ class UiContext:
     schedules: ScheduleService
     maintenance: MaintenanceService
     restore: RestoreService
+    alerts: AlertService
+    notifications: NotificationService
+    audit: AuditService
+    settings_service: SettingsService
     server_info: Callable[[], ServerInfo]
     bridge: EventBridge
     runner: AsyncRunner
@@ -56,6 +64,10 @@ class UiContext:
             schedules=cp.schedules,
             maintenance=cp.maintenance,
             restore=cp.restore,
+            alerts=cp.alerts,
+            notifications=cp.notifications,
+            audit=cp.audit,
+            settings_service=cp.settings,
             server_info=cp.info,
             bridge=bridge,
             runner=runner,
