@@ -227,6 +227,7 @@ class ControlPlane:
             data_dir=str(self.config.data_dir),
             key_source=self.key_source,
             warnings=list(self.warnings),
+            api_url=self.api_url if self.api_port else None,
         )
 
     def _default_advertise_host(self) -> str:

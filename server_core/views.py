@@ -292,6 +292,8 @@ class ServerInfo:
     data_dir: str
     key_source: str
     warnings: list[str] = field(default_factory=list)
+    # The operator API listener, e.g. http://127.0.0.1:8766 (None before it is bound).
+    api_url: str | None = None
 
 
 # -- alerts, notifications, audit, settings -------------------------------------

@@ -19,7 +19,6 @@ it, and published as ``AlertChanged`` after the commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -497,6 +496,7 @@ class AlertEngine:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._active = False
@@ -507,6 +507,7 @@ class AlertEngine:
     def start(self) -> None:
         self._started_at = self._clock()
         self._active = True
+        self._loop = asyncio.get_running_loop()
         self._unsubscribe = self._ctx.bus.subscribe(self._on_event)
         self._tasks = [
             asyncio.create_task(self._work(), name="alert-engine"),
@@ -524,8 +525,13 @@ class AlertEngine:
             for task in self._tasks:
                 task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # A task that died must not stop the control plane from closing.
+                log.exception("alert engine task %s had failed", task.get_name())
         self._tasks = []
         for handle in self._timers.values():
             handle.cancel()
@@ -635,7 +641,9 @@ class AlertEngine:
     def _arm(self, due: dict[int, float | None]) -> None:
         if not self._active:
             return  # not started, or stopped while the evaluation ran
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            return
         for host_id, at in due.items():
             old = self._timers.pop(host_id, None)
             if old is not None:
