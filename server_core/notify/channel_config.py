@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from server_core.alert_rules import SEVERITIES
 from server_core.errors import InvalidInput
 
-# Mirrors server_core.alert_rules.SEVERITIES (the alert engine's module); kept
-# here so channel settings can be validated without the engine.
-SEVERITIES = ("info", "warning", "critical")
 KINDS = ("webhook", "ntfy", "smtp")
 SECURITIES = ("starttls", "tls", "none")
 DEFAULT_MIN_SEVERITY = "warning"
