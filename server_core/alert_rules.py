@@ -165,7 +165,7 @@ def repo_status_message(host_name: str, error: str | None) -> str:
     reason = first_line(error) or "no error was reported"
     return (
         f"The repository of {host_name} could not be opened or initialised: {reason} "
-        "(check the repository URL and password in the host's Repo tab)"
+        "(check the repository URL and password in the host's Credentials tab)"
     )
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from server_core.events import (
+    AlertChanged,
     AuditAppended,
+    ChannelsChanged,
     Event,
     EventBus,
     HostChanged,
@@ -36,6 +38,9 @@ class EventBridge(QObject):
     sources_changed = Signal(object)  # set[int] of host ids
     repo_stats_changed = Signal(object)  # set[int] of host ids
     audit_appended = Signal()
+    # alert id -> its latest transition in the interval (see _alert_transition).
+    alerts_changed = Signal(object)  # dict[int, str]
+    channels_changed = Signal()
 
     def __init__(self, bus: EventBus, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -48,6 +53,8 @@ class EventBridge(QObject):
         self._sources: set[int] = set()
         self._repo_stats: set[int] = set()
         self._audit = False
+        self._alerts: dict[int, str] = {}
+        self._channels = False
         self.emitted = 0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -77,6 +84,11 @@ class EventBridge(QObject):
             self._repo_stats.add(event.host_id)
         elif isinstance(event, AuditAppended):
             self._audit = True
+        elif isinstance(event, AlertChanged):
+            previous = self._alerts.get(event.alert_id)
+            self._alerts[event.alert_id] = _alert_transition(previous, event.transition)
+        elif isinstance(event, ChannelsChanged):
+            self._channels = True
         if not self._timer.isActive():
             self._timer.start()
 
@@ -114,3 +126,22 @@ class EventBridge(QObject):
             self._audit = False
             self.audit_appended.emit()
             self.emitted += 1
+        if self._alerts:
+            alerts, self._alerts = self._alerts, {}
+            self.alerts_changed.emit(alerts)
+            self.emitted += 1
+        if self._channels:
+            self._channels = False
+            self.channels_changed.emit()
+            self.emitted += 1
+
+
+def _alert_transition(previous: str | None, new: str) -> str:
+    """The transition to report for an alert that changed again within one interval.
+
+    The latest one wins, except that a re-fire does not hide a raise: an
+    alert raised and bumped in the same interval is still new (the tray
+    notifies new alerts only)."""
+    if previous == "raised" and new == "bumped":
+        return "raised"
+    return new

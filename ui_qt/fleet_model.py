@@ -127,6 +127,7 @@ FIELD_COLUMNS: dict[str, tuple[Column, ...]] = {
     "status": (Column.STATUS,),
     "enrolled": (Column.STATUS,),
     "last_seen_at": (Column.STATUS,),
+    "presence_mode": (Column.STATUS,),  # an offline laptop reads "Asleep · …"
     "os": (Column.PLATFORM,),
     "arch": (Column.PLATFORM,),
     "agent_version": (Column.AGENT,),
@@ -151,6 +152,11 @@ def host_state(view: HostView) -> str:
     if not view.enrolled or view.last_seen_at is None:
         return NEVER
     return OFFLINE
+
+
+def asleep(view: HostView) -> bool:
+    """An offline laptop host: offline is its normal state, shown calmly."""
+    return view.presence_mode == "laptop" and host_state(view) == OFFLINE
 
 
 def backup_failing(view: HostView) -> bool:
@@ -312,7 +318,14 @@ class FleetModel(QAbstractTableModel):
         self._row_of = {v.id: row for row, v in enumerate(self._rows)}
 
     def tick(self) -> None:
-        """Relative times moved on: repaint the last-backup and next-run columns only."""
+        """Relative times moved on: repaint the last-backup and next-run columns, and
+        the status of asleep laptops ("last seen 3 h ago")."""
+        if self._rows and any(asleep(v) for v in self._rows):
+            self.dataChanged.emit(
+                self.index(0, int(Column.STATUS)),
+                self.index(len(self._rows) - 1, int(Column.STATUS)),
+                [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole],
+            )
         if self._rows:
             # Adjacent columns: one signal covers both.
             self.dataChanged.emit(
@@ -393,6 +406,8 @@ class FleetModel(QAbstractTableModel):
 
     def _display(self, v: HostView, col: Column) -> str:
         if col == Column.STATUS:
+            if asleep(v):
+                return f"Asleep · last seen {relative_time(v.last_seen_at, self._now())}"
             return STATE_LABELS[host_state(v)]
         if col == Column.NAME:
             return v.name
@@ -489,6 +504,12 @@ class FleetModel(QAbstractTableModel):
         if col in (Column.STATUS, Column.NAME):
             if state == ONLINE:
                 status = "Online — the agent is connected"
+            elif asleep(v):
+                status = (
+                    f"Asleep — a laptop host, last seen {relative_time(v.last_seen_at, now)} "
+                    f"({absolute_time(v.last_seen_at)}). Being offline is normal for it: no "
+                    "offline alert; missed schedules run when it wakes."
+                )
             elif state == OFFLINE:
                 status = (
                     f"Offline — last seen {relative_time(v.last_seen_at, now)} "

@@ -16,6 +16,7 @@ import time
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
+    QComboBox,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -54,6 +55,7 @@ from ui_qt.host_tabs.common import (
     error_text,
     guarded,
     set_error,
+    show_error,
     show_message,
 )
 from ui_qt.host_tabs.schedules_tab import sync_text
@@ -61,7 +63,15 @@ from ui_qt.navigator import Navigator
 
 TICK_MS = 10_000
 
-PRESENCE = {"always_on": "always on", "intermittent": "intermittent (laptop)"}
+LAPTOP = "laptop"
+PRESENCE_MODES = {"always_on": "Always on", LAPTOP: "Laptop (intermittent)"}
+PRESENCE_TIP = (
+    "Always on: a server or desktop that should always be reachable — its agent going "
+    "silent raises an alert after the heartbeat timeout.\n"
+    "Laptop (intermittent): a machine that sleeps or travels — shown as asleep when "
+    "offline, no offline alerts, and a backup is overdue only after a longer horizon "
+    "(7 days by default). The agent catches up missed schedules when it wakes."
+)
 REPO_STATUS = {
     "ready": ("ready", GREEN),
     "unknown": ("not probed yet", GREY),
@@ -74,12 +84,15 @@ REPO_TIPS = {
 }
 
 
-def host_state(host: HostRecord) -> tuple[str, str]:
-    """(label, colour) of the status dot: online / offline / never connected."""
+def host_state(host: HostRecord, now: float | None = None) -> tuple[str, str]:
+    """(label, colour) of the status dot: online / offline / never connected, and
+    for a laptop that is offline the calm "asleep · last seen 3 h ago"."""
     if host.status == "online":
         return "online", GREEN
     if host.last_seen_at is None:
         return "never connected", GREY
+    if host.presence_mode == LAPTOP:
+        return f"asleep · last seen {relative_time(host.last_seen_at, now)}", GREY
     return "offline", AMBER
 
 
@@ -213,7 +226,17 @@ class HostView(QWidget):
         self.last_backup = QLabel()
         self.last_backup.setTextFormat(Qt.TextFormat.RichText)
         self.repo_size = QLabel()
-        self.presence = QLabel()
+        self.presence = QComboBox()
+        self.presence.setObjectName("presenceMode")
+        self.presence.setToolTip(PRESENCE_TIP)
+        for mode, label in PRESENCE_MODES.items():
+            self.presence.addItem(label, mode)
+        self.presence.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.presence.setEnabled(False)  # until the host is loaded
+        # activated: the operator's choice only, never our own setCurrentIndex.
+        self.presence.activated.connect(self._presence_chosen)
+        self.presence_saving = False
+        self.presence_error: QMessageBox | None = None
         self.next_run = QLabel()
         self.next_run.setObjectName("hostNextRun")
         self.schedule_sync = QLabel()
@@ -382,7 +405,7 @@ class HostView(QWidget):
         self.os_arch.setText(" / ".join(p for p in (host.os, host.arch) if p) or "—")
         self.agent_version.setText(host.agent_version or "—")
         self.restic_version.setText(host.restic_version or "—")
-        self.presence.setText(PRESENCE.get(host.presence_mode, host.presence_mode))
+        self._show_presence(host)
         size = human_bytes(host.repo_size_bytes) if host.repo_size_bytes is not None else None
         self.repo_size.setText(f"{host.snapshot_count}" + (f" · repo {size}" if size else ""))
         self._show_times(host)
@@ -396,12 +419,28 @@ class HostView(QWidget):
         for tab in self.all_tabs:
             tab.set_host(host)
 
+    def _show_presence(self, host: HostRecord) -> None:
+        if self.presence_saving:
+            return  # the answer of the change in flight decides
+        index = self.presence.findData(host.presence_mode)
+        if index < 0:  # a mode this version does not know: show it as it is
+            self.presence.addItem(host.presence_mode, host.presence_mode)
+            index = self.presence.count() - 1
+        self.presence.setCurrentIndex(index)
+        self.presence.setEnabled(not self.gone)
+
     def _show_times(self, host: HostRecord) -> None:
         label, colour = host_state(host)
-        self.status.setText(f"{dot(colour)} {label}")
-        self.status.setToolTip(
-            "" if host.enrolled else "The agent has not enrolled yet: run its install command"
-        )
+        self.status.setText(f"{dot(colour)} {html.escape(label)}")
+        if not host.enrolled:
+            self.status.setToolTip("The agent has not enrolled yet: run its install command")
+        elif host.status != "online" and host.presence_mode == LAPTOP:
+            self.status.setToolTip(
+                f"A laptop host, offline since {absolute_time(host.last_seen_at)}: that is "
+                "expected, no offline alert is raised. Missed schedules run when it wakes."
+            )
+        else:
+            self.status.setToolTip("")
         if host.status == "online":
             self.last_seen.setText("connected now")
         else:
@@ -471,6 +510,39 @@ class HostView(QWidget):
         self.retry_probe.setText("Retry probe" if failed else "Probe again")
 
     # -- actions ------------------------------------------------------------------
+
+    def _presence_chosen(self, index: int) -> None:
+        mode = self.presence.itemData(index)
+        if self.host is None or self.gone or mode == self.host.presence_mode:
+            return
+        self.set_presence_mode(str(mode))
+
+    def set_presence_mode(self, mode: str) -> None:
+        """Switch the host between always-on and laptop (through HostService)."""
+        self.presence_saving = True
+        self.presence.setEnabled(False)
+
+        def done(host: HostRecord) -> None:
+            self.presence_saving = False
+            self._loaded(host)
+
+        def failed(exc: Exception) -> None:
+            self.presence_saving = False
+            if self.host is not None:
+                self._show_presence(self.host)  # back to the stored mode
+            self.presence.setEnabled(not self.gone)
+            self.presence_error = show_error(
+                self,
+                "Could not change the presence mode",
+                f"{error_text(exc)}\n\nThe host keeps its previous mode.",
+            )
+
+        self.ctx.runner.run(
+            self.ctx.hosts.set_presence_mode(self.host_id, mode, OPERATOR),
+            what="changing the presence mode",
+            on_done=guarded(self, done),
+            on_error=guarded(self, failed),
+        )
 
     def open_restore(self) -> None:
         """The restore browser on this host's newest snapshot."""
@@ -555,7 +627,7 @@ class HostView(QWidget):
         name = self.host.name if self.host is not None else f"host {self.host_id}"
         self.banner.setText(f"{name} was deleted.")
         self.banner.show()
-        for widget in (self.tags, self.retry_probe, self.tabs, self.restore_button):
+        for widget in (self.tags, self.retry_probe, self.tabs, self.restore_button, self.presence):
             widget.setEnabled(False)
         self.save_tags_button.setEnabled(False)
         if notify:

@@ -1,9 +1,17 @@
-"""The main window: navigation on the left, the current page on the right."""
+"""The main window: navigation on the left, the current page on the right.
+
+Navigation: Fleet, Alerts (with the unresolved count and an icon of the
+worst unresolved severity, kept current from ``bridge.alerts_changed``),
+Audit log and Settings. The audit and settings pages are built the first
+time they are shown.
+"""
 
 from __future__ import annotations
 
+import logging
+
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QApplication,
     QListWidget,
@@ -14,11 +22,37 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from server_core.views import AlertCounts
 from ui_qt.add_host import AddHostDialog
+from ui_qt.alerts_model import severity_icon, severity_label
+from ui_qt.alerts_view import AlertsView
+from ui_qt.audit_view import AuditView
 from ui_qt.context import UiContext
 from ui_qt.fleet_view import FleetView
+from ui_qt.host_tabs.common import SingleFlight
 from ui_qt.host_view import HostView
 from ui_qt.job_window import JobWindow
+from ui_qt.settings import SettingsView
+
+log = logging.getLogger(__name__)
+
+FLEET, ALERTS, AUDIT, SETTINGS = "fleet", "alerts", "audit", "settings"
+
+
+def alerts_nav_text(counts: AlertCounts | None) -> str:
+    """``Alerts (3)`` with the unresolved (open + acknowledged) count, ``Alerts`` with none."""
+    unresolved = 0 if counts is None else counts.open + counts.acknowledged
+    return f"Alerts ({unresolved})" if unresolved else "Alerts"
+
+
+def alerts_nav_tooltip(counts: AlertCounts | None) -> str:
+    if counts is None or counts.open + counts.acknowledged == 0:
+        return "No unresolved alerts"
+    parts = [f"{counts.open} open"]
+    if counts.acknowledged:
+        parts.append(f"{counts.acknowledged} acknowledged")
+    worst = severity_label(counts.worst_severity).lower()
+    return f"Unresolved alerts: {', '.join(parts)} — the worst is {worst}"
 
 
 class MainWindow(QMainWindow):
@@ -44,11 +78,41 @@ class MainWindow(QMainWindow):
         self.fleet = FleetView(ctx, self)
         self.pages.addWidget(self.fleet)
         self.host_page: HostView | None = None
-        fleet_item = QListWidgetItem("Fleet")
-        fleet_item.setData(Qt.ItemDataRole.UserRole, "fleet")
-        self.nav.addItem(fleet_item)
+        self.alerts = AlertsView(ctx, self)
+        self.pages.addWidget(self.alerts)
+        self.audit: AuditView | None = None
+        self.settings_page: SettingsView | None = None
+        self.alert_counts: AlertCounts | None = None
+        self._severity_icons: dict[str, QIcon] = {}
+        self._nav_items: dict[str, QListWidgetItem] = {}
+        for key, text in (
+            (FLEET, "Fleet"),
+            (ALERTS, "Alerts"),
+            (AUDIT, "Audit log"),
+            (SETTINGS, "Settings"),
+        ):
+            item = QListWidgetItem(self._blank_icon(), text)
+            item.setData(Qt.ItemDataRole.UserRole, key)
+            self.nav.addItem(item)
+            self._nav_items[key] = item
+        self.alerts_item = self._nav_items[ALERTS]
+        self.alerts_item.setToolTip("Alerts: open, acknowledged and resolved")
+        self.nav.setSpacing(2)
         self.nav.setCurrentRow(0)
         self.nav.currentItemChanged.connect(self._on_nav)
+        # A click on the item already current (back from a host page) still navigates.
+        self.nav.itemClicked.connect(lambda item: self._on_nav(item, None))
+        self.counts_loader: SingleFlight[AlertCounts] = SingleFlight(
+            self,
+            ctx.runner,
+            "counting alerts",
+            ctx.alerts.counts,
+            self._counts_loaded,
+            self._counts_failed,
+        )
+        ctx.bridge.alerts_changed.connect(self._alerts_changed)
+        ctx.bridge.hosts_removed.connect(self._alerts_changed)
+        self.counts_loader.request()
 
         split = QSplitter()
         split.addWidget(self.nav)
@@ -65,10 +129,45 @@ class MainWindow(QMainWindow):
     # -- Navigator -----------------------------------------------------------
 
     def show_fleet(self) -> None:
-        self.pages.setCurrentWidget(self.fleet)
-        self.nav.setCurrentRow(0)
+        self._show(FLEET)
+
+    def show_alerts(self, alert_id: int | None = None) -> None:
+        self._show(ALERTS)
+        if alert_id is not None:
+            self.alerts.select_alert(alert_id)
+
+    def show_audit(self) -> None:
+        self._show(AUDIT)
+
+    def show_settings(self) -> None:
+        self._show(SETTINGS)
+
+    def _show(self, key: str) -> None:
+        self.pages.setCurrentWidget(self._page(key))
+        item = self._nav_items[key]
+        if self.nav.currentItem() is not item:
+            self.nav.setCurrentItem(item)
+
+    def _page(self, key: str) -> QWidget:
+        if key == ALERTS:
+            return self.alerts
+        if key == AUDIT:
+            if self.audit is None:
+                self.audit = AuditView(self.ctx, self)
+                self.pages.addWidget(self.audit)
+            return self.audit
+        if key == SETTINGS:
+            if self.settings_page is None:
+                self.settings_page = SettingsView(self.ctx)
+                self.pages.addWidget(self.settings_page)
+            return self.settings_page
+        return self.fleet
 
     def open_host(self, host_id: int) -> None:
+        # A host page belongs to the fleet, wherever it was opened from.
+        self.nav.blockSignals(True)
+        self.nav.setCurrentItem(self._nav_items[FLEET])
+        self.nav.blockSignals(False)
         if self.host_page is not None:
             if self.host_page.host_id == host_id:
                 self.pages.setCurrentWidget(self.host_page)
@@ -96,8 +195,40 @@ class MainWindow(QMainWindow):
     # -- chrome ----------------------------------------------------------------
 
     def _on_nav(self, current: QListWidgetItem | None, _previous: object) -> None:
-        if current is not None and current.data(Qt.ItemDataRole.UserRole) == "fleet":
-            self.pages.setCurrentWidget(self.fleet)
+        if current is not None:
+            self.pages.setCurrentWidget(self._page(str(current.data(Qt.ItemDataRole.UserRole))))
+
+    # -- the alerts count --------------------------------------------------------
+
+    def _alerts_changed(self, _changes: object = None) -> None:
+        self.counts_loader.request()
+
+    def _counts_loaded(self, counts: AlertCounts) -> None:
+        self.alert_counts = counts
+        self.alerts_item.setText(alerts_nav_text(counts))
+        self.alerts_item.setToolTip(alerts_nav_tooltip(counts))
+        worst = counts.worst_severity if counts.open + counts.acknowledged else None
+        if worst is None:
+            self.alerts_item.setIcon(self._blank_icon())
+        else:
+            icon = self._severity_icons.get(worst)
+            if icon is None:
+                icon = self._severity_icons[worst] = severity_icon(worst)
+            self.alerts_item.setIcon(icon)
+
+    def _blank_icon(self) -> QIcon:
+        """An empty icon the size of a severity badge: every item's text lines up,
+        whether or not the Alerts item shows a badge."""
+        blank = self._severity_icons.get("")
+        if blank is None:
+            pixmap = QPixmap(16, 16)
+            pixmap.fill(Qt.GlobalColor.transparent)
+            blank = self._severity_icons[""] = QIcon(pixmap)
+        return blank
+
+    def _counts_failed(self, exc: Exception) -> None:
+        # Background upkeep: the next change tries again; no dialog.
+        log.warning("counting alerts failed: %s", exc)
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -115,6 +246,16 @@ class MainWindow(QMainWindow):
         fleet = QAction("&Fleet", self)
         fleet.triggered.connect(self.show_fleet)
         view_menu.addAction(fleet)
+        alerts = QAction("&Alerts", self)
+        alerts.triggered.connect(lambda: self.show_alerts())
+        view_menu.addAction(alerts)
+        audit = QAction("Audit &log", self)
+        audit.triggered.connect(self.show_audit)
+        view_menu.addAction(audit)
+        settings = QAction("&Settings", self)
+        settings.triggered.connect(self.show_settings)
+        view_menu.addAction(settings)
+        view_menu.addSeparator()
         refresh = QAction("&Refresh", self)
         refresh.setShortcut(QKeySequence("F5"))
         refresh.triggered.connect(self.refresh)

@@ -1,12 +1,20 @@
 """The tray icon: fleet health at a glance, a short menu, notifications.
 
 The icon reflects ``fleet_health`` over the fleet rows (ok / warning /
-critical), refreshed when hosts change — throttled to a couple of times a
-second however busy the fleet is. In the app the rows come from the fleet
-view's model (``fleet=``), which already follows every change, so the tray
-never reads the fleet a second time; without one (tests, tools) the tray
-reads ``list_hosts()`` itself. A notification goes out when a job fails or
-an always-on host goes offline.
+critical) and the worst unresolved alert, whichever is worse, refreshed
+when hosts or alerts change — throttled to a couple of times a second
+however busy the fleet is. In the app the rows come from the fleet view's
+model (``fleet=``), which already follows every change, so the tray never
+reads the fleet a second time; without one (tests, tools) the tray reads
+``list_hosts()`` itself.
+
+Notifications: one per newly raised alert (its severity badge, "host:
+message"); several raised in one flush make one summary instead. Clicking
+a notification opens the Alerts view on that alert (on the Open tab for a
+summary). Failed jobs that raise no alert of their own (a restore, a diff,
+an unlock) are still notified; a failed backup, check, … is the alert's.
+An offline host is notified through its ``agent_offline`` alert, after
+the heartbeat timeout, so an agent restart makes no noise.
 
 Without a system tray (``QT_QPA_PLATFORM=offscreen``, a desktop without a
 tray) everything still runs — state, menu and notification requests are
@@ -29,10 +37,21 @@ from PySide6.QtCore import QObject, QTimer, Signal, SignalInstance
 from PySide6.QtGui import QAction, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
-from server_core.views import HostView, JobView
+from server_core.alert_rules import JOB_ALERTS
+from server_core.errors import NotFound
+from server_core.views import AlertCounts, AlertView, HostView, JobView
+from ui_qt.alerts_model import (
+    RESOLVED,
+    first_line,
+    kind_label,
+    severity_icon,
+    severity_label,
+    severity_rank,
+)
 from ui_qt.context import UiContext
 from ui_qt.fleet_health import CRITICAL, OK, WARNING, FleetHealth, fleet_health
 from ui_qt.fleet_model import FleetModel
+from ui_qt.host_tabs.common import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +60,13 @@ REFRESH_MS = 500
 MAX_MENU_HOSTS = 15
 # A burst (a network outage, a wave of failing backups) is one notification.
 MAX_NAMES_IN_MESSAGE = 3
+# A summary names a few new alerts and counts the rest: no need to read them all.
+MAX_ALERTS_READ = 20
 _TERMINAL = ("succeeded", "failed", "cancelled")
+# Job kinds whose failure raises an alert: the alert is the notification.
+_ALERTED_KINDS = frozenset(JOB_ALERTS)
+_RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
+_SEVERITY_LEVEL = {"critical": CRITICAL, "warning": WARNING}
 _KIND_LABEL = {
     "backup": "Backup",
     "init": "Repository init",
@@ -62,6 +87,8 @@ class TrayWindow(Protocol):
 
     def open_host(self, host_id: int) -> None: ...
 
+    def show_alerts(self, alert_id: int | None = None) -> None: ...
+
     def quit_app(self) -> None: ...
 
 
@@ -69,9 +96,38 @@ class TrayWindow(Protocol):
 class Notification:
     title: str
     message: str
-    level: str  # warning | critical
+    level: str  # info | warning | critical
     host_id: int | None
     at: float
+    # The alert a click opens; opens_alerts without one: the Alerts view (a summary).
+    alert_id: int | None = None
+    opens_alerts: bool = False
+
+
+def alerts_summary(counts: AlertCounts | None) -> str:
+    """``3 open alerts (1 acknowledged)``: unresolved alerts, acknowledged ones among them."""
+    if counts is None:
+        return "Alerts: not counted yet"
+    unresolved = counts.open + counts.acknowledged
+    if unresolved == 0:
+        return "No open alerts"
+    text = f"{unresolved} open alert{'s' if unresolved != 1 else ''}"
+    return f"{text} ({counts.acknowledged} acknowledged)" if counts.acknowledged else text
+
+
+def alerts_level(counts: AlertCounts | None) -> str:
+    """The tray level the worst unresolved alert asks for (info is no reason to worry)."""
+    if counts is None or counts.open + counts.acknowledged == 0:
+        return OK
+    return _SEVERITY_LEVEL.get(counts.worst_severity or "", OK)
+
+
+def _alert_line(alert: AlertView) -> str:
+    return (
+        f"{alert.host_name}: {kind_label(alert.kind)}"
+        if alert.host_name
+        else kind_label(alert.kind)
+    )
 
 
 def tray_icon(level: str, icons_dir: Path = ICONS_DIR) -> QIcon:
@@ -103,11 +159,13 @@ class Tray(QObject):
         self.fleet = fleet
         self.available = QSystemTrayIcon.isSystemTrayAvailable()
         self.health = fleet_health([])
+        self.alert_counts: AlertCounts | None = None
+        # The icon's level: the fleet's health or the worst unresolved alert.
+        self.level = OK
         self.notifications: list[Notification] = []
         self.refreshes = 0
         self._icons = {level: tray_icon(level, icons_dir) for level in (OK, WARNING, CRITICAL)}
         self._hosts: dict[int, HostView] = {}
-        self._baseline = False
         self._stopped = False
         self._refreshing = False
         self._refresh_again = False
@@ -115,8 +173,10 @@ class Tray(QObject):
         self._pending_jobs: set[str] = set()
         # Jobs already seen finished: not fetched again, never notified twice.
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._last_host: int | None = None
+        self._last_note: Notification | None = None
         self._told_hidden = False
+        self._new_alerts: set[int] = set()
+        self._severity_icons: dict[str, QIcon] = {}
 
         self.icon = QSystemTrayIcon(self)
         self.icon.setIcon(self._icons[OK])
@@ -126,18 +186,22 @@ class Tray(QObject):
         self.open_action.triggered.connect(self.window.bring_to_front)
         self.status_action = QAction("", self.menu)
         self.status_action.setEnabled(False)
+        self.alerts_action = QAction(alerts_summary(None), self.menu)
+        self.alerts_action.setToolTip("Open the Alerts view")
+        self.alerts_action.triggered.connect(lambda: self.open_alerts(None))
         self.attention_menu = QMenu("Needs attention", self.menu)
         self.quit_action = QAction("&Quit", self.menu)
         self.quit_action.triggered.connect(self.window.quit_app)
         self.menu.addAction(self.open_action)
         self.menu.addSeparator()
         self.menu.addAction(self.status_action)
+        self.menu.addAction(self.alerts_action)
         self.menu.addMenu(self.attention_menu)
         self.menu.addSeparator()
         self.menu.addAction(self.quit_action)
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._on_activated)
-        self.icon.messageClicked.connect(self._on_message_clicked)
+        self.icon.messageClicked.connect(self.message_clicked)
 
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
@@ -147,8 +211,25 @@ class Tray(QObject):
         self._jobs_timer.setSingleShot(True)
         self._jobs_timer.setInterval(REFRESH_MS)
         self._jobs_timer.timeout.connect(self._check_jobs_now)
+        self.counts_loader: SingleFlight[AlertCounts] = SingleFlight(
+            self,
+            ctx.runner,
+            "counting alerts for the tray",
+            ctx.alerts.counts,
+            self._counts_loaded,
+            self._background_failed,
+        )
+        self.new_alerts_loader: SingleFlight[tuple[list[AlertView], int]] = SingleFlight(
+            self,
+            ctx.runner,
+            "reading new alerts",
+            self._fetch_new_alerts,
+            self._new_alerts_loaded,
+            self._background_failed,
+        )
         self._connections: list[tuple[SignalInstance, Callable[..., None]]] = [
-            (ctx.bridge.jobs_changed, self._jobs_dirty)
+            (ctx.bridge.jobs_changed, self._jobs_dirty),
+            (ctx.bridge.alerts_changed, self._alerts_changed),
         ]
         if fleet is not None:
             self._connections.append((fleet.applied, self._hosts_dirty))
@@ -157,6 +238,8 @@ class Tray(QObject):
                 (ctx.bridge.hosts_changed, self._hosts_dirty),
                 (ctx.bridge.hosts_removed, self._hosts_dirty),
             ]
+        # A deleted host takes its alerts along.
+        self._connections.append((ctx.bridge.hosts_removed, self._count_alerts))
         for signal, slot in self._connections:
             signal.connect(slot)
         self._apply(self.health)
@@ -167,11 +250,14 @@ class Tray(QObject):
         if self.available:
             self.icon.show()
         self.refresh_now()
+        self.counts_loader.request()
 
     def stop(self) -> None:
         self._stopped = True
         self._refresh_timer.stop()
         self._jobs_timer.stop()
+        self.counts_loader.stop()
+        self.new_alerts_loader.stop()
         for signal, slot in self._connections:
             # The sender (the fleet model with its window) may be gone already.
             with contextlib.suppress(RuntimeError, TypeError):
@@ -226,50 +312,29 @@ class Tray(QObject):
             self._refresh_timer.start()
 
     def update_hosts(self, hosts: Iterable[HostView]) -> None:
-        """Apply a fresh fleet: health, menu, and offline notifications."""
+        """Apply a fresh fleet: health and menu (an offline host notifies through its alert)."""
         rows = list(hosts)
-        previous = self._hosts
         self._hosts = {h.id: h for h in rows}
-        if self._baseline:
-            gone = [
-                h
-                for h in rows
-                if h.id in previous
-                and previous[h.id].status == "online"
-                and h.status != "online"
-                and h.enrolled
-                and h.presence_mode != "laptop"
-            ]
-            if gone:
-                self._notify_offline(gone)
-        self._baseline = True
-        health = fleet_health(rows)
-        self._apply(health)
-
-    def _notify_offline(self, hosts: list[HostView]) -> None:
-        if len(hosts) == 1:
-            host = hosts[0]
-            self.notify(
-                f"{host.name} is offline",
-                "Its agent disconnected. It keeps running scheduled backups on its own "
-                "and reports them when it is back.",
-                WARNING,
-                host.id,
-            )
-            return
-        self.notify(
-            f"{len(hosts)} hosts are offline",
-            f"{_names([h.name for h in hosts])} disconnected.",
-            WARNING,
-            None,
-        )
+        self._apply(fleet_health(rows))
 
     def _apply(self, health: FleetHealth) -> None:
         self.health = health
-        self.icon.setIcon(self._icons[health.level])
-        headline = {OK: "all good", WARNING: "needs attention", CRITICAL: "failing"}[health.level]
-        self.icon.setToolTip(f"restic-manager — {headline}\n{health.tooltip}")
+        alert_level = alerts_level(self.alert_counts)
+        level = alert_level if _RANK[alert_level] > _RANK[health.level] else health.level
+        self.level = level
+        self.icon.setIcon(self._icons[level])
+        headline = {OK: "all good", WARNING: "needs attention", CRITICAL: "failing"}[level]
+        tooltip = f"restic-manager — {headline}\n{health.tooltip}"
+        counts = self.alert_counts
+        unresolved = 0 if counts is None else counts.open + counts.acknowledged
+        if unresolved:
+            tooltip += f"\n{alerts_summary(counts)}"
+        self.icon.setToolTip(tooltip)
         self.status_action.setText(health.tooltip)
+        self.alerts_action.setText(alerts_summary(counts))
+        self.alerts_action.setEnabled(counts is not None)
+        worst = counts.worst_severity if counts is not None and unresolved else None
+        self.alerts_action.setIcon(self._severity_icon(worst) if worst else QIcon())
         self.attention_menu.clear()
         if health.attention:
             self.attention_menu.setTitle(f"Needs attention ({len(health.attention)})")
@@ -295,6 +360,88 @@ class Tray(QObject):
     def open_host(self, host_id: int) -> None:
         self.window.open_host(host_id)
         self.window.bring_to_front()
+
+    def open_alerts(self, alert_id: int | None) -> None:
+        self.window.show_alerts(alert_id)
+        self.window.bring_to_front()
+
+    def _severity_icon(self, severity: str) -> QIcon:
+        icon = self._severity_icons.get(severity)
+        if icon is None:
+            icon = self._severity_icons[severity] = severity_icon(severity, 64)
+        return icon
+
+    def _background_failed(self, exc: Exception) -> None:
+        # Background upkeep: log it, never pop a dialog (e.g. during shutdown).
+        if not self._stopped:
+            log.warning("tray alert upkeep failed: %s", exc)
+
+    # -- alerts ------------------------------------------------------------------
+
+    def _count_alerts(self, _ids: object = None) -> None:
+        if not self._stopped:
+            self.counts_loader.request()
+
+    def _alerts_changed(self, changes: object) -> None:
+        if self._stopped or not isinstance(changes, dict):
+            return
+        self.counts_loader.request()
+        raised = {int(i) for i, t in changes.items() if t == "raised"}
+        if raised:
+            self._new_alerts |= raised
+            self.new_alerts_loader.request()
+
+    def _counts_loaded(self, counts: AlertCounts) -> None:
+        if self._stopped:
+            return
+        self.alert_counts = counts
+        self._apply(self.health)
+
+    async def _fetch_new_alerts(self) -> tuple[list[AlertView], int]:
+        ids, self._new_alerts = sorted(self._new_alerts), set()
+        alerts = []
+        for alert_id in ids[:MAX_ALERTS_READ]:
+            with contextlib.suppress(NotFound):  # its host was deleted meanwhile
+                alerts.append(await self.ctx.alerts.get_alert(alert_id))
+        return alerts, len(ids)
+
+    def _new_alerts_loaded(self, result: tuple[list[AlertView], int]) -> None:
+        alerts, total = result
+        # Resolved by the time it was read (a flapping condition): nothing to say.
+        alerts = [a for a in alerts if a.status != RESOLVED]
+        unread = total - min(total, MAX_ALERTS_READ)
+        if self._stopped or not alerts:
+            return
+        if len(alerts) == 1 and unread == 0:
+            self._notify_alert(alerts[0])
+        else:
+            self._notify_alerts(alerts, len(alerts) + unread)
+
+    def _notify_alert(self, alert: AlertView) -> None:
+        text = first_line(alert.message, 200)
+        # "host: message", unless the message names the host already.
+        if alert.host_name and alert.host_name not in text:
+            text = f"{alert.host_name}: {text}"
+        self.notify(
+            f"{severity_label(alert.severity)}: {kind_label(alert.kind)}",
+            text,
+            alert.severity,
+            alert.host_id,
+            alert_id=alert.id,
+        )
+
+    def _notify_alerts(self, alerts: list[AlertView], total: int) -> None:
+        alerts = sorted(alerts, key=lambda a: (-severity_rank(a.severity), a.id))
+        lines = [_alert_line(a) for a in alerts[:MAX_NAMES_IN_MESSAGE]]
+        extra = total - len(lines)
+        message = ", ".join(lines) + (f" and {extra} more." if extra > 0 else ".")
+        self.notify(
+            f"{total} new alerts",
+            message,
+            alerts[0].severity,
+            None,
+            opens_alerts=True,
+        )
 
     # -- job failures ------------------------------------------------------------
 
@@ -345,7 +492,7 @@ class Tray(QObject):
             self._finished[job.id] = None
             if len(self._finished) > 10_000:
                 self._finished.popitem(last=False)
-            if job.status == "failed":
+            if job.status == "failed" and job.kind not in _ALERTED_KINDS:
                 failed.append(job)
         if failed:
             self._notify_failed(failed)
@@ -373,20 +520,35 @@ class Tray(QObject):
 
     # -- notifications -------------------------------------------------------------
 
-    def notify(self, title: str, message: str, level: str, host_id: int | None = None) -> None:
-        """Show a tray notification (or, without a tray, only record the request)."""
-        note = Notification(title, message, level, host_id, time.time())
+    def notify(
+        self,
+        title: str,
+        message: str,
+        level: str,
+        host_id: int | None = None,
+        *,
+        alert_id: int | None = None,
+        opens_alerts: bool = False,
+    ) -> None:
+        """Show a tray notification (or, without a tray, only record the request).
+
+        ``level`` is a severity (info | warning | critical): its badge is the
+        notification's icon, so severity is not told by colour alone."""
+        note = Notification(
+            title,
+            message,
+            level,
+            host_id,
+            time.time(),
+            alert_id=alert_id,
+            opens_alerts=opens_alerts or alert_id is not None,
+        )
         self.notifications.append(note)
         del self.notifications[:-200]
-        self._last_host = host_id
+        self._last_note = note
         log.info("notification: %s — %s", title, message)
         if self.available and self.icon.isVisible() and QSystemTrayIcon.supportsMessages():
-            icon = (
-                QSystemTrayIcon.MessageIcon.Critical
-                if level == CRITICAL
-                else QSystemTrayIcon.MessageIcon.Warning
-            )
-            self.icon.showMessage(title, message, icon, 15_000)
+            self.icon.showMessage(title, message, self._severity_icon(level), 15_000)
         self.notified.emit(note)
 
     def window_hidden(self) -> None:
@@ -402,9 +564,13 @@ class Tray(QObject):
             8_000,
         )
 
-    def _on_message_clicked(self) -> None:
-        if self._last_host is not None and self._last_host in self._hosts:
-            self.open_host(self._last_host)
+    def message_clicked(self) -> None:
+        """The operator clicked the last notification: open what it was about."""
+        note = self._last_note
+        if note is not None and note.opens_alerts:
+            self.open_alerts(note.alert_id)
+        elif note is not None and note.host_id is not None and note.host_id in self._hosts:
+            self.open_host(note.host_id)
         else:
             self.window.bring_to_front()
 

@@ -134,7 +134,7 @@ def sample_fleet(now: float | None = None) -> list[HostView]:
             last_backup_status="succeeded",
             snapshot_count=58,
             repo_size_bytes=84 * GiB,
-            presence_mode="intermittent",
+            presence_mode="laptop",
             next_run_at=now + 22 * h,
             size_history=size_history(84 * GiB, 0.3, gaps=(5, 6, 12, 13, 19, 20)),
             tags=["laptop"],

@@ -144,9 +144,9 @@ def test_a_change_no_cell_shows_is_signalled_for_the_host_role_only(
         roles.append(list(r))
 
     model.dataChanged.connect(changed)
-    model.apply([view(1, presence_mode="laptop", schedule_version=4)])
+    model.apply([view(1, schedule_version=4)])
     assert spans == [(0, 0)] and roles == [[HOST_ROLE]]
-    assert model.host(1).presence_mode == "laptop"  # type: ignore[union-attr]
+    assert model.host(1).schedule_version == 4  # type: ignore[union-attr]
 
 
 def test_every_field_a_cell_shows_is_a_real_field() -> None:
