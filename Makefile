@@ -5,7 +5,7 @@ PY      := .venv/bin/python
 DATA    ?= $(HOME)/.local/share/restic-manager
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean bench
+.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean bench dist
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -47,9 +47,15 @@ bench: bootstrap
 	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_job_log.py
 	$(PY) tests/perf/bench_restore_browse.py
 
+# The one-file agent (dist/agents/) and the one-folder desktop app
+# (dist/restic-manager/, smoke-checked), each rebuilt only when its inputs
+# changed. See packaging/README.md.
+dist: bootstrap
+	$(PY) packaging/build.py all
+
 fmt: bootstrap
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
 clean:
-	rm -rf .venv .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .cache .mypy_cache .ruff_cache .pytest_cache dist build

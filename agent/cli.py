@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from agent import enrol as enrol_mod
 from agent.version import __version__
 
 PROG = "restic-manager-agent"
@@ -92,6 +91,8 @@ def main(
 
 
 def _enrol(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    # Imported here: it pulls in aiohttp (~0.2 s), which --version and --help do not need.
+    from agent import enrol as enrol_mod
     from agent.jobs import find_restic_binary
     from agent.restic.version import ResticNotFound
 

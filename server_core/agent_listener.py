@@ -34,6 +34,7 @@ from agent.protocol import (
     version_error,
 )
 from server_core import agent_sync, audit
+from server_core.agent_downloads import AgentDownloads
 from server_core.errors import ServiceError
 from server_core.events import HostChanged
 from server_core.hub import AgentConnection, AgentHub
@@ -63,8 +64,10 @@ class AgentListener:
         hub: AgentHub,
         ingestor: EventIngestor,
         rpc: RpcBroker,
+        downloads: AgentDownloads | None = None,
     ) -> None:
         self._ctx = ctx
+        self._downloads = downloads if downloads is not None else AgentDownloads()
         self._enrolment = enrolment
         self._hub = hub
         self._ingestor = ingestor
@@ -74,6 +77,8 @@ class AgentListener:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post(ENROL_PATH, self.enrol)
         app.router.add_get(WS_PATH, self.websocket)
+        # Agent binaries and install files: fetched before a host is enrolled.
+        self._downloads.routes(app.router)
         return app
 
     async def enrol(self, request: web.Request) -> web.Response:

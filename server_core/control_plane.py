@@ -14,6 +14,7 @@ from pathlib import Path
 import keyring.backend
 from aiohttp import web
 
+from server_core.agent_downloads import AgentDownloads
 from server_core.agent_listener import AgentListener
 from server_core.api_listener import ApiListener
 from server_core.crypto import SecretBox, load_or_create_data_key
@@ -79,6 +80,10 @@ class ControlPlaneConfig:
     # Notification delivery retries, in seconds after each failed attempt.
     notify_retry_delays_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
     keyring_backend: keyring.backend.KeyringBackend | None = None
+    # Agent builds and install files the agent listener serves; None: what
+    # the app bundles (server_core/agent_downloads.py).
+    agents_dir: Path | None = None
+    installers_dir: Path | None = None
 
 
 class ControlPlane:
@@ -161,7 +166,10 @@ class ControlPlane:
         # The agent URL needs the bound port, which is known only after binding
         # (port 0 in tests); the enrolment service asks for it lazily.
         self.enrolment = EnrolmentService(ctx, install_command=self._install_command)
-        agent_app = AgentListener(ctx, self.enrolment, self.hub, self.ingestor, self.rpc).app()
+        self.downloads = AgentDownloads(cfg.agents_dir, cfg.installers_dir)
+        agent_app = AgentListener(
+            ctx, self.enrolment, self.hub, self.ingestor, self.rpc, self.downloads
+        ).app()
         agent_runner = web.AppRunner(
             agent_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
         )
