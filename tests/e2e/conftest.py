@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import keyring.backends.fail
 import pytest
-import pytestqt.plugin
 import qasync
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
@@ -30,36 +28,9 @@ def _qapp() -> QApplication:
     return app
 
 
-_process_events_outside_the_loop = pytestqt.plugin._process_events
-
-
-def _process_events_on_the_loop() -> None:
-    # pytest-qt processes pending Qt events around each test's teardown, when
-    # the qasync loop is not running. A control-plane task whose thread future
-    # completed just then would be resumed outside any event loop and fail
-    # with "no running event loop". Run those events on the loop instead.
-    loop = _current_loop[0] if _current_loop else None
-    if loop is not None and not loop.is_running() and not loop.is_closed():
-        loop.run_until_complete(asyncio.sleep(0.01))
-    else:
-        _process_events_outside_the_loop()
-
-
-pytestqt.plugin._process_events = _process_events_on_the_loop
-# The loop pytest-asyncio made for the current test (its runner does not set
-# it as the thread's event loop when a loop factory is used).
-_current_loop: list[qasync.QEventLoop] = []
-
-
-def _new_loop() -> qasync.QEventLoop:
-    loop = qasync.QEventLoop(_qapp())
-    _current_loop[:] = [loop]
-    return loop
-
-
 def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
     # Qt and asyncio must share one loop, as in the app.
-    return {"qasync": _new_loop}
+    return {"qasync": lambda: qasync.QEventLoop(_qapp())}
 
 
 @pytest.fixture(autouse=True)
