@@ -12,7 +12,9 @@ imports nothing but the standard library.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -798,3 +800,155 @@ def _check_values(value: Any, depth: int) -> None:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+# ---------------------------------------------------------------------------
+# Announce-and-approve: a host with no token announces itself on a pending
+# WebSocket, proves it holds an Ed25519 key by signing the server's nonce,
+# and waits for the operator to accept or reject it. These frames are only
+# valid on ANNOUNCE_PATH (never on the agent socket) and decode with
+# ``decode_announce``.
+
+ANNOUNCE_PATH = "/ws/announce"
+ANNOUNCE_NONCE_BYTES = 32
+ED25519_PUBLIC_KEY_BYTES = 32
+ED25519_SIGNATURE_BYTES = 64
+# Signed before the nonce: a signature made for this handshake can never
+# pass for a signature over anything else the key might sign.
+ANNOUNCE_SIGNING_CONTEXT = b"restic-manager announce proof v1\x00"
+
+AnnounceOutcome = Literal["rejected", "expired", "refused"]
+
+
+@dataclass(frozen=True)
+class Announce(Message):
+    """Agent -> server, first frame: who this host says it is, and its public key."""
+
+    TYPE: ClassVar[str] = "announce"
+    protocol_version: int
+    public_key: str  # base64 of the raw 32-byte Ed25519 public key
+    hostname: str
+    os: str
+    arch: str
+    agent_version: str
+    restic_version: str | None = None
+    # True when reconnecting after a drop: an outcome decided while the agent
+    # was away (rejected, expired) is then delivered instead of a new request.
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class AnnounceChallenge(Message):
+    """Server -> agent: sign ``announce_signed_bytes(nonce, key, cert pin)``."""
+
+    TYPE: ClassVar[str] = "announce.challenge"
+    nonce: str  # base64, ANNOUNCE_NONCE_BYTES random bytes, valid for one proof only
+    fingerprint: str  # the server's reading of the key, for the agent to check
+
+
+@dataclass(frozen=True)
+class AnnounceProof(Message):
+    TYPE: ClassVar[str] = "announce.proof"
+    signature: str  # base64 of the 64-byte Ed25519 signature
+
+
+@dataclass(frozen=True)
+class AnnouncePending(Message):
+    """Server -> agent: listed in the app; wait for the operator."""
+
+    TYPE: ClassVar[str] = "announce.pending"
+    pending_id: int
+    fingerprint: str
+    expires_at: float
+    duplicate: str | None = None  # why the app flags the hostname, if it does
+
+
+@dataclass(frozen=True)
+class AnnounceAccepted(Message):
+    """Server -> agent: the operator accepted; the same material token enrolment yields."""
+
+    TYPE: ClassVar[str] = "announce.accepted"
+    host_id: int
+    bearer: str
+    hostname: str
+
+    def __repr__(self) -> str:
+        return (
+            f"AnnounceAccepted(host_id={self.host_id}, bearer=<redacted>, "
+            f"hostname={self.hostname!r})"
+        )
+
+
+@dataclass(frozen=True)
+class AnnounceEnrolled(Message):
+    """Agent -> server: the enrolment was written to disk (or why it was not)."""
+
+    TYPE: ClassVar[str] = "announce.enrolled"
+    ok: bool
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class AnnounceRejected(Message):
+    """Server -> agent, then a close: the request is over without enrolment."""
+
+    TYPE: ClassVar[str] = "announce.rejected"
+    outcome: AnnounceOutcome
+    message: str
+
+
+ANNOUNCE_AGENT_MESSAGES: tuple[type[Message], ...] = (
+    Announce,
+    AnnounceProof,
+    AnnounceEnrolled,
+    Error,
+)
+ANNOUNCE_SERVER_MESSAGES: tuple[type[Message], ...] = (
+    AnnounceChallenge,
+    AnnouncePending,
+    AnnounceAccepted,
+    AnnounceRejected,
+    Error,
+)
+ANNOUNCE_MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (*ANNOUNCE_AGENT_MESSAGES, *ANNOUNCE_SERVER_MESSAGES)
+}
+
+
+def decode_announce(data: str | bytes, *, allowed: tuple[type[Message], ...]) -> Envelope:
+    """``decode`` for the announce socket: only its own frames (and Error) pass."""
+    obj = parse_frame(data)
+    cls = ANNOUNCE_MESSAGE_TYPES.get(obj["type"])
+    if cls is None or cls not in allowed:
+        raise ProtocolError(f"unknown message type {obj['type']!r}")
+    payload = from_dict(cls, obj["payload"])
+    return Envelope(type=obj["type"], id=obj["id"], ts=float(obj["ts"]), payload=payload)
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """``SHA256:<base64>`` of a raw public key, as OpenSSH prints key fingerprints
+    (unpadded base64), so the operator compares the same text on both screens."""
+    digest = hashlib.sha256(public_key).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def announce_signed_bytes(nonce: bytes, public_key: bytes, cert_sha256: str) -> bytes:
+    """What the agent signs: the nonce, bound to its own key and to the server
+    certificate it pinned, so a proof is good for this handshake only."""
+    return (
+        ANNOUNCE_SIGNING_CONTEXT
+        + nonce
+        + public_key
+        + bytes.fromhex(normalize_fingerprint(cert_sha256))
+    )
+
+
+def b64decode_exact(text: str, size: int, what: str) -> bytes:
+    """Strict base64 of exactly ``size`` bytes; ProtocolError naming ``what`` otherwise."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ProtocolError(f"{what} must be base64") from None
+    if len(raw) != size:
+        raise ProtocolError(f"{what} must be {size} bytes, got {len(raw)}")
+    return raw

@@ -44,6 +44,8 @@ INSTALL_FILES: dict[str, str] = {
     "install.sh": "text/x-shellscript; charset=utf-8",
     "install.ps1": "text/plain; charset=utf-8",
     "restic-manager-agent.service": "text/plain; charset=utf-8",
+    "uninstall.sh": "text/x-shellscript; charset=utf-8",
+    "uninstall.ps1": "text/plain; charset=utf-8",
 }
 # Go-style names, as the agent reports them (agent/platform_info.py).
 _PLATFORM_WORD = re.compile(r"^[a-z0-9_]{1,16}$")

@@ -1,24 +1,32 @@
-"""Listener A: what agents talk to (TLS). Enrolment and the agent WebSocket."""
+"""Listener A: what agents talk to (TLS). Enrolment, the agent WebSocket and
+the pending WebSocket of hosts that announce themselves."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, get_args
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent.protocol import (
     AGENT_MESSAGES,
+    ANNOUNCE_PATH,
     ENROL_PATH,
     MAX_FRAME_BYTES,
     WS_PATH,
     Ack,
+    Announce,
+    AnnounceChallenge,
+    AnnounceEnrolled,
+    AnnounceProof,
     CommandCancel,
     EnrolRequest,
     Envelope,
     Error,
+    ErrorCode,
     Heartbeat,
     Hello,
     Message,
@@ -26,6 +34,7 @@ from agent.protocol import (
     RpcResult,
     ScheduleAck,
     decode,
+    decode_announce,
     encode,
     from_dict,
     parse_frame,
@@ -40,16 +49,30 @@ from server_core.events import HostChanged
 from server_core.hub import AgentConnection, AgentHub
 from server_core.ingest import AgentSink, EventIngestor, Incoming
 from server_core.models import Host
+from server_core.rate_limit import retry_after_header
 from server_core.rpc import RpcBroker
 from server_core.services.context import ServiceContext
 from server_core.services.enrolment import EnrolmentService
 from server_core.services.jobs import mark_dispatched
+from server_core.services.pending_hosts import (
+    CheckedAnnounce,
+    PendingHostService,
+    PendingSession,
+    b64,
+    check_announce,
+    new_nonce,
+)
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
 MAX_BAD_FRAMES = 50
+# Announce frames are small; a waiting host sends almost nothing.
+ANNOUNCE_MAX_FRAME = 16 * 1024
+ANNOUNCE_STEP_TIMEOUT_S = 30.0
+ANNOUNCE_HEARTBEAT_S = 30.0
+ANNOUNCE_MAX_BAD_FRAMES = 5
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -65,6 +88,8 @@ class AgentListener:
         ingestor: EventIngestor,
         rpc: RpcBroker,
         downloads: AgentDownloads | None = None,
+        *,
+        pending_hosts: PendingHostService | None = None,
     ) -> None:
         self._ctx = ctx
         self._downloads = downloads if downloads is not None else AgentDownloads()
@@ -72,11 +97,13 @@ class AgentListener:
         self._hub = hub
         self._ingestor = ingestor
         self._rpc = rpc
+        self._pending = pending_hosts
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post(ENROL_PATH, self.enrol)
         app.router.add_get(WS_PATH, self.websocket)
+        app.router.add_get(ANNOUNCE_PATH, self.announce)
         # Agent binaries and install files: fetched before a host is enrolled.
         self._downloads.routes(app.router)
         return app
@@ -288,6 +315,179 @@ class AgentListener:
 
         await self._ctx.store.transaction(run)
         self._ctx.bus.publish(HostChanged(host_id))
+
+    # -- announce-and-approve ------------------------------------------------------
+
+    async def announce(self, request: web.Request) -> web.StreamResponse:
+        """The pending WebSocket: announce, prove the key, wait for the operator."""
+        pending = self._pending
+        if pending is None:
+            return json_error(
+                404, "not_found", "this control plane does not take announcements; use a token"
+            )
+        remote = request.remote or "unknown"
+        refusal = pending.admit(remote)
+        if refusal is not None:
+            log.info("refused an announce from %s: %s", remote, refusal.message)
+            response = json_error(refusal.status, refusal.code, refusal.message)
+            if refusal.retry_after_s is not None:
+                response.headers["Retry-After"] = retry_after_header(refusal.retry_after_s)
+            return response
+        try:
+            ws = web.WebSocketResponse(
+                max_msg_size=ANNOUNCE_MAX_FRAME,
+                heartbeat=ANNOUNCE_HEARTBEAT_S,
+                timeout=CLOSE_TIMEOUT_S,
+            )
+            await ws.prepare(request)
+            channel = _AnnounceChannel(ws, remote)
+            session = await self._announce_handshake(pending, channel)
+            if session is not None:
+                try:
+                    await self._wait_pending(pending, session, channel)
+                finally:
+                    await pending.disconnected(session)
+        finally:
+            pending.release()
+        return ws
+
+    async def _announce_handshake(
+        self, pending: PendingHostService, channel: _AnnounceChannel
+    ) -> PendingSession | None:
+        try:
+            checked = await self._receive_announce(channel)
+            if checked is None:
+                return None
+            nonce = new_nonce()
+            await channel.send(AnnounceChallenge(nonce=b64(nonce), fingerprint=checked.fingerprint))
+            proof = await channel.receive_proof()
+            # Single use: the nonce lives in this handshake only and is checked once.
+            verified = proof is not None and pending.verify(checked, nonce, proof.signature)
+            del nonce
+            if not verified:
+                reason = "no proof received" if proof is None else "wrong signature"
+                await pending.proof_refused(checked, channel.remote, reason)
+                await pending.refuse(
+                    channel,
+                    Error(
+                        code="unauthorized",
+                        message=(
+                            f"{reason}: the announce was not signed with the key it names; "
+                            "nothing was listed"
+                        ),
+                    ),
+                )
+                return None
+            return await pending.register(checked, channel)
+        except _ChannelFailed as exc:
+            await pending.refuse(channel, Error(code=exc.code, message=str(exc)))
+            return None
+        except (ConnectionError, RuntimeError):
+            return None
+
+    async def _receive_announce(self, channel: _AnnounceChannel) -> CheckedAnnounce | None:
+        raw = await channel.receive_raw()
+        if raw is None:
+            return None
+        try:
+            frame = parse_frame(raw)
+            # An agent of another protocol version hears so, not a parse error.
+            version = frame["payload"].get("protocol_version")
+            if frame["type"] == Announce.TYPE and type(version) is int:
+                mismatch = version_error(version)
+                if mismatch is not None:
+                    raise _ChannelFailed(mismatch.message, mismatch.code)
+            envelope = decode_announce(raw, allowed=(Announce,))
+            assert isinstance(envelope.payload, Announce)
+            return check_announce(envelope.payload)
+        except ProtocolError as exc:
+            raise _ChannelFailed(str(exc), _error_code(exc.code)) from None
+
+    async def _wait_pending(
+        self, pending: PendingHostService, session: PendingSession, channel: _AnnounceChannel
+    ) -> None:
+        bad = 0
+        async for msg in channel.ws:
+            if msg.type == WSMsgType.ERROR:
+                return
+            if msg.type != WSMsgType.TEXT:
+                bad += 1
+            else:
+                try:
+                    envelope = decode_announce(msg.data, allowed=(AnnounceEnrolled, Error))
+                except ProtocolError as exc:
+                    bad += 1
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await channel.send(Error(code="bad_frame", message=str(exc)[:500]))
+                else:
+                    payload = envelope.payload
+                    if isinstance(payload, AnnounceEnrolled):
+                        pending.enrolled(session, payload)
+                    elif isinstance(payload, Error):
+                        log.info("pending host %s reported: %s", session.hostname, payload.message)
+            if bad > ANNOUNCE_MAX_BAD_FRAMES:
+                await channel.close("too many bad frames")
+                return
+
+
+class _ChannelFailed(Exception):
+    def __init__(self, message: str, code: ErrorCode = "bad_frame") -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+
+
+class _AnnounceChannel:
+    """The pending socket as PendingHostService sees it; sends are serialised."""
+
+    def __init__(self, ws: web.WebSocketResponse, remote: str) -> None:
+        self.ws = ws
+        self._remote = remote
+        self._lock = asyncio.Lock()
+
+    @property
+    def remote(self) -> str:
+        return self._remote
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def send(self, message: Message) -> None:
+        async with self._lock:
+            if self.ws.closed:
+                raise ConnectionError("the pending socket is closed")
+            await self.ws.send_str(encode(message))
+
+    async def close(self, reason: str) -> None:
+        code = WSCloseCode.OK if reason == "enrolled" else WSCloseCode.POLICY_VIOLATION
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    async def receive_raw(self) -> str | None:
+        """The next text frame within the step timeout; None if the peer left."""
+        try:
+            msg = await self.ws.receive(timeout=ANNOUNCE_STEP_TIMEOUT_S)
+        except TimeoutError:
+            raise _ChannelFailed("the announce handshake timed out") from None
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return None
+        if msg.type != WSMsgType.TEXT:
+            raise _ChannelFailed("expected a text frame")
+        return str(msg.data)
+
+    async def receive_proof(self) -> AnnounceProof | None:
+        raw = await self.receive_raw()
+        if raw is None:
+            return None
+        try:
+            envelope = decode_announce(raw, allowed=(AnnounceProof,))
+        except ProtocolError as exc:
+            raise _ChannelFailed(str(exc), _error_code(exc.code)) from None
+        assert isinstance(envelope.payload, AnnounceProof)
+        return envelope.payload
+
+
+def _error_code(code: str) -> ErrorCode:
+    return code if code in get_args(ErrorCode) else "bad_frame"  # type: ignore[return-value]
 
 
 class _ConnectionSink:

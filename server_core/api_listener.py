@@ -12,6 +12,7 @@ from aiohttp import web
 
 from server_core import metrics
 from server_core.api_alerts import Alerts, AlertsApi, Notifications
+from server_core.api_bundles import OfflineBundles, OfflineBundlesApi
 from server_core.api_common import (
     ACTOR_KEY,
     Handler,
@@ -21,6 +22,7 @@ from server_core.api_common import (
     query_int,
     read_body,
 )
+from server_core.api_pending import PendingHosts, PendingHostsApi
 from server_core.errors import InvalidInput, ServiceError
 from server_core.services.api_tokens import authenticate_api_token
 from server_core.services.audit_log import AuditService
@@ -82,6 +84,8 @@ class ApiListener:
         notifications: Notifications,
         audit: AuditService,
         settings: SettingsService,
+        offline_bundles: OfflineBundles | None = None,
+        pending_hosts: PendingHosts | None = None,
     ) -> None:
         self._ctx = ctx
         self._hosts = hosts
@@ -94,6 +98,8 @@ class ApiListener:
         self._server_info = server_info
         self._settings = settings
         self._alerts_api = AlertsApi(alerts, notifications, audit, settings, hosts)
+        self._offline_bundles = offline_bundles
+        self._pending_hosts = pending_hosts
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
@@ -139,6 +145,10 @@ class ApiListener:
         r.add_get("/api/v1/jobs/{job_id}/log.txt", self.job_log_txt)
         r.add_post("/api/v1/jobs/{job_id}/cancel", self.cancel_job)
         self._alerts_api.routes(r)
+        if self._offline_bundles is not None:
+            OfflineBundlesApi(self._offline_bundles).routes(r)
+        if self._pending_hosts is not None:
+            PendingHostsApi(self._pending_hosts).routes(r)
         r.add_get("/metrics", self.metrics, name=METRICS_ROUTE)
         return app
 

@@ -14,22 +14,28 @@ from pathlib import Path
 import keyring.backend
 from aiohttp import web
 
-from server_core.agent_downloads import AgentDownloads
+from server_core.agent_downloads import AgentDownloads, bundled_installers_dir
 from server_core.agent_listener import AgentListener
 from server_core.api_listener import ApiListener
 from server_core.crypto import SecretBox, load_or_create_data_key
 from server_core.events import EventBus
 from server_core.hub import AgentHub
 from server_core.ingest import EventIngestor
+from server_core.offline_bundle import OfflineBundleService
 from server_core.rpc import RpcBroker
 from server_core.services.alerts import AlertEngine, AlertService
 from server_core.services.audit_log import AuditService
 from server_core.services.context import ServiceContext
-from server_core.services.enrolment import EnrolmentService, default_install_command
+from server_core.services.enrolment import (
+    AgentEndpoint,
+    EnrolmentService,
+    default_install_command,
+)
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import MaintenanceRunner, MaintenanceService
 from server_core.services.notifications import NotificationService
+from server_core.services.pending_hosts import PendingHostService
 from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
 from server_core.services.settings import SettingsService
@@ -167,8 +173,23 @@ class ControlPlane:
         # (port 0 in tests); the enrolment service asks for it lazily.
         self.enrolment = EnrolmentService(ctx, install_command=self._install_command)
         self.downloads = AgentDownloads(cfg.agents_dir, cfg.installers_dir)
+        self.offline_bundles = OfflineBundleService(
+            ctx,
+            self.enrolment,
+            endpoint=lambda: AgentEndpoint(self.agent_url, self.certificate.sha256),
+            agents_dir=self.downloads.agents_dir,
+            installers_dir=cfg.installers_dir or bundled_installers_dir(),
+        )
+        self.pending_hosts = PendingHostService(ctx, cert_sha256=self.certificate.sha256)
+        self.pending_hosts.start()
         agent_app = AgentListener(
-            ctx, self.enrolment, self.hub, self.ingestor, self.rpc, self.downloads
+            ctx,
+            self.enrolment,
+            self.hub,
+            self.ingestor,
+            self.rpc,
+            self.downloads,
+            pending_hosts=self.pending_hosts,
         ).app()
         agent_runner = web.AppRunner(
             agent_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
@@ -198,6 +219,8 @@ class ControlPlane:
             notifications=self.notifications,
             audit=self.audit,
             settings=self.settings,
+            offline_bundles=self.offline_bundles,
+            pending_hosts=self.pending_hosts,
         ).app()
         api_runner = web.AppRunner(
             api_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
@@ -248,6 +271,8 @@ class ControlPlane:
         """Close agent sockets cleanly, write what is queued, close the database."""
         if hasattr(self, "maintenance_runner"):
             await self.maintenance_runner.stop()
+        if hasattr(self, "pending_hosts"):
+            await self.pending_hosts.stop()
         if hasattr(self, "hub"):
             await self.hub.stop()
         for runner in reversed(self._runners):

@@ -75,6 +75,20 @@ class ChannelsChanged:
     channel_id: int | None = None
 
 
+@dataclass(frozen=True)
+class PendingHostsChanged:
+    """A host announced itself, reconnected, went away, or was accepted, rejected or expired."""
+
+    pending_id: int | None = None
+
+
+@dataclass(frozen=True)
+class UpdatesChanged:
+    """An agent update moved on: one host's (host_id) or the fleet run's (None)."""
+
+    host_id: int | None = None
+
+
 Event = (
     HostChanged
     | HostRemoved
@@ -86,6 +100,8 @@ Event = (
     | AuditAppended
     | AlertChanged
     | ChannelsChanged
+    | UpdatesChanged
+    | PendingHostsChanged
 )
 Subscriber = Callable[[Event], None]
 

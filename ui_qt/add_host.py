@@ -51,6 +51,7 @@ from PySide6.QtWidgets import (
 
 from server_core import cron
 from server_core.errors import InvalidInput, ServiceError
+from server_core.offline_bundle import OfflineBundleService
 from server_core.plan_input import parse_retention
 from server_core.services.context import OPERATOR, Actor
 from server_core.services.enrolment import (
@@ -65,6 +66,7 @@ from server_core.views import EnrolmentTokenView, HostView, SourceGroupView
 from ui_qt.context import UiContext
 from ui_qt.formatting import absolute_time, relative_time
 from ui_qt.install_commands import InstallCommandsPanel
+from ui_qt.offline_bundle_dialog import OfflineBundleDialog
 from ui_qt.widgets.colors import Tone, fill_color, text_color
 from ui_qt.widgets.field_errors import FieldErrorsMixin
 
@@ -826,6 +828,16 @@ class AddHostDialog(FieldErrorsMixin, QDialog):
         self.expired_regenerate.setVisible(False)
         expiry_row.addWidget(self.expiry_label, 1)
         expiry_row.addWidget(self.expired_regenerate)
+        # For a host that cannot download from the app: one file to carry over.
+        self.bundle_button = QPushButton("Offline bundle…")
+        self.bundle_button.setToolTip(
+            "Save one file that installs and enrols the agent without downloading anything "
+            "(for a host that can reach only this app)"
+        )
+        self.bundle_button.clicked.connect(self.open_offline_bundle)
+        self.bundle_button.setVisible(self._offline_bundles() is not None)
+        self.bundle_dialog: OfflineBundleDialog | None = None
+        expiry_row.addWidget(self.bundle_button)
         column.addLayout(expiry_row)
 
         self.agent_panel = QFrame()
@@ -982,6 +994,8 @@ class AddHostDialog(FieldErrorsMixin, QDialog):
             self.expiry_label.setText(text)
         self.expired_regenerate.setVisible(offer_regenerate)
         self.commands.set_usable(not (offer_regenerate or enrolled or self._host_gone))
+        # A bundle mints its own token, so an expired one does not stop it.
+        self.bundle_button.setEnabled(not (enrolled or self._host_gone))
 
     # -- the awaiting-agent panel ------------------------------------------------
 
@@ -1241,6 +1255,37 @@ class AddHostDialog(FieldErrorsMixin, QDialog):
             log.error("enrolment token action failed", exc_info=exc)
             self._show_token_error(f"Failed: {exc or type(exc).__name__}")
         self._reload()
+
+    # -- offline bundle ------------------------------------------------------------
+
+    def _offline_bundles(self) -> OfflineBundleService | None:
+        # getattr: a UiContext built without the service (older wiring, some
+        # tests) has no such field; the button then stays hidden.
+        bundles = getattr(self.ctx, "offline_bundles", None)
+        return bundles if isinstance(bundles, OfflineBundleService) else None
+
+    def open_offline_bundle(self) -> OfflineBundleDialog | None:
+        bundles = self._offline_bundles()
+        if self.grant is None or bundles is None:
+            return None
+        if self.bundle_dialog is not None and shiboken6.isValid(self.bundle_dialog):
+            self.bundle_dialog.raise_()
+            return self.bundle_dialog
+        dialog = OfflineBundleDialog(
+            bundles, self.ctx.runner, self.grant.host_id, self.hostname_added, self
+        )
+        dialog.setWindowModality(Qt.WindowModality.WindowModal)
+        dialog.built.connect(self._on_bundle_built)
+        self.bundle_dialog = dialog
+        dialog.show()
+        return dialog
+
+    def _on_bundle_built(self, bundle: object) -> None:
+        # The bundle's token replaced the one shown: show its commands instead.
+        grant = getattr(bundle, "grant", None)
+        if isinstance(grant, EnrolmentGrant) and not self._host_gone:
+            self._show_grant(grant)
+            self._reload()
 
     # -- plumbing ----------------------------------------------------------------
 

@@ -20,9 +20,11 @@ from server_core.events import (
     HostRemoved,
     JobChanged,
     JobLogAppended,
+    PendingHostsChanged,
     RepoStatsChanged,
     SnapshotsChanged,
     SourcesChanged,
+    UpdatesChanged,
 )
 
 COALESCE_MS = 100
@@ -41,6 +43,10 @@ class EventBridge(QObject):
     # alert id -> its latest transition in the interval (see _alert_transition).
     alerts_changed = Signal(object)  # dict[int, str]
     channels_changed = Signal()
+    # Hosts announced, reconnected, left, or were accepted, rejected or expired.
+    pending_hosts_changed = Signal()
+    # Agent updates that moved on: host ids, and None for the fleet run.
+    updates_changed = Signal(object)  # set[int | None]
 
     def __init__(self, bus: EventBus, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -55,6 +61,8 @@ class EventBridge(QObject):
         self._audit = False
         self._alerts: dict[int, str] = {}
         self._channels = False
+        self._pending_hosts = False
+        self._updates: set[int | None] = set()
         self.emitted = 0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -89,6 +97,10 @@ class EventBridge(QObject):
             self._alerts[event.alert_id] = _alert_transition(previous, event.transition)
         elif isinstance(event, ChannelsChanged):
             self._channels = True
+        elif isinstance(event, PendingHostsChanged):
+            self._pending_hosts = True
+        elif isinstance(event, UpdatesChanged):
+            self._updates.add(event.host_id)
         if not self._timer.isActive():
             self._timer.start()
 
@@ -133,6 +145,14 @@ class EventBridge(QObject):
         if self._channels:
             self._channels = False
             self.channels_changed.emit()
+            self.emitted += 1
+        if self._pending_hosts:
+            self._pending_hosts = False
+            self.pending_hosts_changed.emit()
+            self.emitted += 1
+        if self._updates:
+            updates, self._updates = self._updates, set()
+            self.updates_changed.emit(updates)
             self.emitted += 1
 
 

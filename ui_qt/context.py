@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings
 
+from server_core.offline_bundle import OfflineBundleService
 from server_core.services.alerts import AlertService
 from server_core.services.audit_log import AuditService
 from server_core.services.enrolment import EnrolmentService
@@ -15,6 +16,7 @@ from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import MaintenanceService
 from server_core.services.notifications import NotificationService
+from server_core.services.pending_hosts import PendingHostService
 from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
 from server_core.services.settings import SettingsService
@@ -44,6 +46,10 @@ class UiContext:
     bridge: EventBridge
     runner: AsyncRunner
     settings: QSettings
+    # The Add host page's "Offline bundle…" (hidden when None).
+    offline_bundles: OfflineBundleService | None = None
+    # Hosts that announced themselves (the fleet view's pending panel).
+    pending_hosts: PendingHostService | None = None
 
     @classmethod
     def for_control_plane(
@@ -68,6 +74,8 @@ class UiContext:
             notifications=cp.notifications,
             audit=cp.audit,
             settings_service=cp.settings,
+            offline_bundles=cp.offline_bundles,
+            pending_hosts=cp.pending_hosts,
             server_info=cp.info,
             bridge=bridge,
             runner=runner,

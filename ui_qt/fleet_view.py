@@ -59,6 +59,7 @@ from ui_qt.fleet_model import (
     host_state,
 )
 from ui_qt.navigator import Navigator
+from ui_qt.pending_hosts_panel import PendingHostsPanel
 from ui_qt.widgets.colors import Tone, text_color
 from ui_qt.widgets.icons import icon
 from ui_qt.widgets.sparkline import SparklineDelegate
@@ -133,6 +134,10 @@ class FleetView(QWidget):
         self.pages.addWidget(self.empty_page)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
+        # Hosts that announced themselves wait above the table (or the empty page).
+        self.pending_panel = self._build_pending_panel()
+        if self.pending_panel is not None:
+            outer.addWidget(self.pending_panel)
         outer.addWidget(self.pages)
 
         find = QShortcut(QKeySequence(QKeySequence.StandardKey.Find), self)
@@ -272,6 +277,19 @@ class FleetView(QWidget):
         layout.addWidget(self.no_match)
         layout.addWidget(self.table, 1)
         return page
+
+    def _build_pending_panel(self) -> PendingHostsPanel | None:
+        # UiContext.pending_hosts; a context without it (older wiring) shows no panel.
+        pending = getattr(self.ctx, "pending_hosts", None)
+        if pending is None:
+            return None
+        return PendingHostsPanel(
+            pending,
+            self.ctx.runner,
+            self.ctx.bridge,
+            sources=self.ctx.sources,
+            schedules=self.ctx.schedules,
+        )
 
     def _build_empty_page(self) -> QWidget:
         page = QWidget()

@@ -431,16 +431,24 @@ def _ps_quote(value: str) -> str:
 
 
 def windows_install_command(server_url: str, cert_sha256: str, token: str) -> str:
-    """One PowerShell line (run as Administrator), the twin of the Linux command.
-
-    ``if ($LASTEXITCODE -eq 0)`` rather than ``&&``: Windows PowerShell 5.1,
-    the one every Windows ships, does not know ``&&``."""
-    config = f'"{WINDOWS_CONFIG}"'
+    """One line for an elevated Windows PowerShell (5.1, the one every Windows ships),
+    the twin of the Linux command: fetch install.ps1 over TLS pinned to the
+    certificate (the callback accepts exactly that certificate and nothing else),
+    then run it with the server URL, token and pin. Wrapped in ``& { }`` so that
+    its variables and settings stay out of the operator's session."""
+    pin = cert_sha256.replace(":", "").lower()
+    script_url = server_url.rstrip("/") + "/install/install.ps1"
     return (
-        "restic-manager-agent.exe enrol "
-        f"--server {_ps_quote(server_url)} --token {_ps_quote(token)} "
-        f"--cert-sha256 {_ps_quote(cert_sha256)} --config {config}; "
-        f"if ($LASTEXITCODE -eq 0) {{ restic-manager-agent.exe run --config {config} }}"
+        "& { $ErrorActionPreference='Stop'; "
+        "[Net.ServicePointManager]::SecurityProtocol='Tls12'; "
+        "[Net.ServicePointManager]::ServerCertificateValidationCallback={param($s,$c) "
+        "([BitConverter]::ToString([Security.Cryptography.SHA256]::Create()"
+        f".ComputeHash($c.GetRawCertData())) -replace '-','') -eq '{pin}'}}; "
+        "$f=Join-Path $env:TEMP 'restic-manager-install.ps1'; "
+        f"try {{ (New-Object Net.WebClient).DownloadFile({_ps_quote(script_url)},$f) }} "
+        "finally { [Net.ServicePointManager]::ServerCertificateValidationCallback=$null }; "
+        "powershell.exe -NoProfile -ExecutionPolicy Bypass -File $f "
+        f"-Server {_ps_quote(server_url)} -Token {_ps_quote(token)} -CertSha256 {pin} }}"
     )
 
 
@@ -457,13 +465,37 @@ def endpoint_from_command(command: str) -> AgentEndpoint:
     return AgentEndpoint(server_url=found["--server"], cert_sha256=found["--cert-sha256"])
 
 
+# Run by ``sh -c`` with the arguments of install.sh ($1 --server, $2 URL, …,
+# $6 pin): fetch the server's certificate, compare its SHA-256 with the pin,
+# then download install.sh with that certificate as the only CA (under the
+# name "localhost", which the app's certificate always carries, whatever name
+# or address reaches it) and run it. No ``-k``; nothing runs on a mismatch.
+LINUX_BOOTSTRAP = (
+    'set -e; u=${2#https://}; d=$(mktemp -d); trap "rm -rf $d" EXIT; '
+    'openssl s_client -connect "$u" -servername localhost </dev/null 2>/dev/null'
+    ' | openssl x509 -out "$d/c.pem" 2>/dev/null'
+    ' || { echo "restic-manager: cannot reach $2 over TLS" >&2; exit 1; }; '
+    '[ "$(openssl x509 -in "$d/c.pem" -noout -fingerprint -sha256'
+    ' | cut -d= -f2 | tr -d : | tr A-F a-f)" = "$6" ]'
+    ' || { echo "restic-manager: the certificate of $2 does not match --cert-sha256;'
+    ' nothing was installed" >&2; exit 1; }; '
+    'curl -q -fsS --cacert "$d/c.pem" --connect-to "localhost:${u##*:}:$u"'
+    ' -o "$d/install.sh" "https://localhost:${u##*:}/install/install.sh"; '
+    'sh "$d/install.sh" "$@"'
+)
+
+
 def default_install_command(server_url: str, cert_sha256: str) -> Callable[[str], str]:
+    """``sudo sh -c '<LINUX_BOOTSTRAP>' - --server URL --token TOKEN --cert-sha256 PIN``:
+    one paste that installs, enrols and starts the agent (installers/install.sh).
+    Options added at the end (``--no-systemd``, ``--force-reenrol``) reach install.sh."""
+    pin = cert_sha256.replace(":", "").lower()
+
     def command(token: str) -> str:
         return (
-            "sudo restic-manager-agent enrol "
+            f"sudo sh -c {shlex.quote(LINUX_BOOTSTRAP)} - "
             f"--server {shlex.quote(server_url)} --token {shlex.quote(token)} "
-            f"--cert-sha256 {cert_sha256} --config /etc/restic-manager-agent/config.toml"
-            " && sudo restic-manager-agent run --config /etc/restic-manager-agent/config.toml"
+            f"--cert-sha256 {pin}"
         )
 
     return command

@@ -421,8 +421,7 @@ async def test_add_host_through_to_an_enrolled_agent(ui, qtbot, control_plane, t
     windows = dialog.commands.windows.toPlainText()
     assert grant.token in linux and pin in linux and control_plane.agent_url in linux
     assert grant.token in windows and pin in windows
-    assert windows.startswith("restic-manager-agent.exe enrol ")
-    assert r"$env:ProgramData\restic-manager-agent\config.toml" in windows
+    assert "/install/install.ps1" in windows and "-CertSha256 " + pin in windows
     assert dialog.commands.pin.toPlainText() == pin
 
     click(qtbot, dialog.commands.copy_linux)

@@ -9,6 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "agent", "server_core", "ui_qt")
 UI_FORBIDDEN = ("server_core.models", "server_core.store", "server_core.migrations")
 AGENT_ALLOWED_THIRD_PARTY = {"aiohttp", "croniter", "cryptography", "yarl", "multidict"}
+# pywin32, imported only inside agent/windows_service.py's functions (Windows only).
+AGENT_ALLOWED_THIRD_PARTY |= {"servicemanager", "win32service", "win32serviceutil"}
 
 
 def imports_of(path: Path) -> list[tuple[int, str]]:

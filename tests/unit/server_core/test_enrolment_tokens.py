@@ -202,24 +202,25 @@ async def test_install_commands_for_both_platforms(cp):
     assert linux[linux.index("--token") + 1] == grant.token
     assert linux[linux.index("--cert-sha256") + 1] == pin
 
+    # The Linux command runs install.sh with exactly these arguments.
+    assert linux[:3] == ["sudo", "sh", "-c"] and linux[4] == "-"
+    assert linux[5:] == ["--server", cp.agent_url, "--token", grant.token, "--cert-sha256", pin]
+
     win = commands.windows
-    assert win.startswith("restic-manager-agent.exe enrol ")
-    assert f"--server '{cp.agent_url}' " in win
-    assert f"--token {grant.token} " in win
-    assert f"--cert-sha256 {pin} " in win
-    assert f'--config "{WINDOWS_CONFIG}"' in win
+    assert f"DownloadFile('{cp.agent_url}/install/install.ps1',$f)" in win
+    assert f"-eq '{pin}'" in win  # the certificate callback accepts the pinned one only
+    assert f"-Server '{cp.agent_url}' -Token {grant.token} -CertSha256 {pin}" in win
     assert WINDOWS_CONFIG == r"$env:ProgramData\restic-manager-agent\config.toml"
-    assert "if ($LASTEXITCODE -eq 0) { restic-manager-agent.exe run --config " in win
     assert "&&" not in win  # Windows PowerShell 5.1 has no &&
     assert "\n" not in win and "\n" not in commands.linux
 
 
 def test_windows_command_quotes_what_powershell_would_interpret():
     line = windows_install_command("https://h:1/a b", "ab:CD", "t'ok$x")
-    assert "--server 'https://h:1/a b'" in line
-    assert "--token 't''ok$x'" in line  # single quotes: no $ expansion, ' doubled
-    assert "--cert-sha256 ab:CD " in line
-    assert "--token '-x'" in windows_install_command("u", "p", "-x")
+    assert "-Server 'https://h:1/a b'" in line
+    assert "-Token 't''ok$x'" in line  # single quotes: no $ expansion, ' doubled
+    assert line.startswith("& { ") and line.endswith("-CertSha256 abcd }")
+    assert "-Token '-x'" in windows_install_command("u", "p", "-x")
 
 
 def test_endpoint_is_recovered_from_the_default_command():
@@ -237,8 +238,8 @@ async def test_a_wired_endpoint_wins_over_the_command(cp):
     )
     commands = service.install_commands("rme_abc")
     assert commands.linux == "custom-installer rme_abc"
-    assert "--server 'https://cp.example:9999' " in commands.windows
-    assert f"--cert-sha256 {'ff' * 32} " in commands.windows
+    assert "-Server 'https://cp.example:9999' " in commands.windows
+    assert commands.windows.endswith(f"-CertSha256 {'ff' * 32} }}")
 
 
 # -- the operator API ------------------------------------------------------------
