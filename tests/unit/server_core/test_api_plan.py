@@ -235,9 +235,14 @@ async def test_due_maintenance_runs_when_the_host_comes_online(cp, session, api)
 
     def make_due() -> None:
         Host.update(repo_status="ready").where(Host.id == host_id).execute()
-        Maintenance.update(forget_cron="* * * * *", created_at=time.time() - 600).where(
-            Maintenance.host == host_id
-        ).execute()
+        # Prune and check off: their defaults fire at fixed wall-clock times
+        # (Sunday 04:30, Saturday 05:30) that a run may fall just after.
+        Maintenance.update(
+            forget_cron="* * * * *",
+            prune_cron=None,
+            check_cron=None,
+            created_at=time.time() - 600,
+        ).where(Maintenance.host == host_id).execute()
 
     await cp.store.transaction(make_due)
     for _ in range(100):
