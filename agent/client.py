@@ -6,6 +6,11 @@ sends heartbeats, pumps the outbox (every durable event is on disk before
 it is sent, and stays there until the server acks it), and dispatches the
 server's messages. The connection comes and goes; nothing the agent did
 while it was away is lost.
+
+``command.update`` replaces the packaged agent (agent/self_update.py) and
+ends ``run_agent`` with ``EXIT_RESTART`` for the service manager to start
+the new binary; the control plane counts the update done when the agent
+says hello with the new version.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from agent import platform_info, protocol
+from agent import platform_info, protocol, self_update
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.enrol import OUTBOX_FILE_NAME, pin_ssl, secrets_file_for
 from agent.jobs import JobRunner, JobSettings, ResticBinary, locate_restic
@@ -33,6 +38,7 @@ from agent.outbox import Outbox, OutboxError
 from agent.redact import Redactor
 from agent.scheduler import STATE_FILE_NAME, TICK_S, Scheduler
 from agent.secrets_file import SecretsError, SecretsFile
+from agent.self_update import EXIT_RESTART, SelfUpdateError
 from agent.tree_rpc import RpcFailure, TreeRpc
 from agent.version import __version__
 
@@ -114,6 +120,8 @@ class AgentClient:
         max_in_flight: int = MAX_IN_FLIGHT,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         rng: random.Random | None = None,
+        on_restart: Callable[[], None] | None = None,
+        executable: Callable[[], Path] = self_update.running_executable,
     ) -> None:
         self._config = config
         self._bearer = bearer
@@ -140,6 +148,12 @@ class AgentClient:
         self._incompatible = False
         self._last_report: str | None = None
         self._last_report_at = 0.0
+        # Asked to restart into a freshly installed binary.
+        self._on_restart = on_restart
+        # Where this agent's binary is (raises when it is not the packaged agent).
+        self._executable = executable
+        self._update: tuple[str, asyncio.Task[None]] | None = None
+        self._last_update_progress = 0.0
         # Set while a connection is up; tests and shutdown wait on it.
         self.connected = asyncio.Event()
         self.connections = 0
@@ -368,12 +382,7 @@ class AgentClient:
             if not self._jobs.cancel(message.job_id):
                 log.info("cancel for job %s, which is not running here", message.job_id)
         elif isinstance(message, protocol.CommandUpdate):
-            self._jobs.reject(
-                message.job_id,
-                "update",
-                "operator",
-                f"agent self-update is not supported yet by agent {__version__}",
-            )
+            self._start_update(message)
         elif isinstance(message, protocol.RpcCall):
             # Answered in its own task: a search over a large index must not
             # hold up the frames behind it (a cancel, an ack).
@@ -425,6 +434,120 @@ class AgentClient:
                     ok=False,
                     error=protocol.RpcError("failed", f"the answer is too large: {exc}"),
                 )
+            )
+
+    # -- self-update -----------------------------------------------------------
+
+    def _start_update(self, command: protocol.CommandUpdate) -> None:
+        if self._update is not None and not self._update[1].done():
+            log.info("update %s ignored: update %s is in progress", command.job_id, self._update[0])
+            return
+        if self._outbox.knows_job(command.job_id):
+            log.info("update %s was handled already; ignored a repeated command", command.job_id)
+            return
+        # Its own task: the download must neither hold up the frames behind it
+        # nor die with the connection that carried the command.
+        task = asyncio.create_task(self._self_update(command), name="self-update")
+        self._update = (command.job_id, task)
+
+    async def _self_update(self, command: protocol.CommandUpdate) -> None:
+        job_id = command.job_id
+        self._emitter(
+            protocol.JobStarted(
+                job_id=job_id,
+                seq=self._outbox.next_seq(job_id),
+                kind="update",
+                actor="operator",
+                started_at=time.time(),
+                args={"version": command.version},
+            )
+        )
+        try:
+            target = self._executable()
+            running = self._jobs.running_job_ids()
+            if running:
+                raise SelfUpdateError(
+                    f"the agent is running {len(running)} job(s) ({', '.join(running[:3])}): "
+                    "update it when they have finished"
+                )
+            self._update_line(
+                job_id, f"updating the agent from {__version__} to {command.version} ({target})"
+            )
+            await self_update.update(
+                command,
+                server_url=self._config.server_url,
+                cert_sha256=self._config.cert_sha256,
+                target=target,
+                progress=lambda done, total: self._update_progress(job_id, done, total),
+                say=lambda text: self._update_line(job_id, text),
+            )
+        except SelfUpdateError as exc:
+            log.error("the update to agent %s failed: %s", command.version, exc)
+            self._update_failed(job_id, str(exc))
+            return
+        except Exception as exc:
+            log.exception("the update to agent %s failed", command.version)
+            self._update_failed(job_id, f"internal agent error during the update: {exc}")
+            return
+        self._update_line(
+            job_id,
+            f"restarting as agent {command.version}: exiting with code {EXIT_RESTART} for the "
+            "service manager to start the new binary",
+        )
+        if self._on_restart is not None:
+            self._on_restart()
+
+    def _update_line(self, job_id: str, text: str) -> None:
+        log.info("update: %s", text)
+        line = protocol.LogLine(
+            seq=self._outbox.next_seq(job_id), ts=time.time(), stream="agent", text=text
+        )
+        self._emitter(
+            protocol.JobLog(job_id=job_id, seq=self._outbox.next_seq(job_id), lines=[line])
+        )
+
+    def _update_progress(self, job_id: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if not finished and now - self._last_update_progress < 1.0:
+            return  # ~1 Hz on the wire, like a backup's progress
+        self._last_update_progress = now
+        percent = min(100.0, 100.0 * done / total) if total else 0.0
+        self._emitter(
+            protocol.JobProgress(
+                job_id=job_id,
+                seq=self._outbox.next_seq(job_id),
+                progress=protocol.Progress(
+                    percent=round(percent, 1), bytes_done=done, bytes_total=total or 0
+                ),
+            )
+        )
+
+    def _update_failed(self, job_id: str, error: str) -> None:
+        self._update_line(job_id, f"update failed: {error}")
+        self._emitter(
+            protocol.JobFinished(
+                job_id=job_id,
+                seq=self._outbox.next_seq(job_id),
+                status="failed",
+                finished_at=time.time(),
+                error=error,
+            )
+        )
+
+    async def cancel_update(self) -> None:
+        """Stop an update in progress (the agent is shutting down); it reports failed."""
+        if self._update is None or self._update[1].done():
+            return
+        job_id, task = self._update
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if not task.cancelled():
+            return
+        with contextlib.suppress(OutboxError, OSError):
+            self._update_failed(
+                job_id, "the agent was stopped before the update finished; nothing was replaced"
             )
 
     def _on_config(self, message: protocol.ConfigUpdate) -> None:
@@ -565,6 +688,7 @@ class Agent:
         shutdown_drain_seconds: float = SHUTDOWN_DRAIN_S,
         scheduler_tick: float = TICK_S,
         rng: random.Random | None = None,
+        executable: Callable[[], Path] = self_update.running_executable,
     ) -> None:
         stored = secrets.load()
         bearer = stored.get("bearer")
@@ -599,6 +723,10 @@ class Agent:
             tick=scheduler_tick,
         )
         schedule_version = stored.get("schedule_version")
+        # Set once a new binary is in place: run() returns, run_agent exits
+        # with EXIT_RESTART and the service manager starts the new binary.
+        self.restart_requested = False
+        self._restart = asyncio.Event()
         self.client = AgentClient(
             config=config,
             bearer=bearer,
@@ -614,8 +742,14 @@ class Agent:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             rng=rng,
+            on_restart=self._request_restart,
+            executable=executable,
         )
         self._shutdown_drain_seconds = shutdown_drain_seconds
+
+    def _request_restart(self) -> None:
+        self.restart_requested = True
+        self._restart.set()
 
     def _on_schedule_set(self, schedule_set: protocol.ScheduleSet) -> None:
         self.jobs.update_schedule_set(schedule_set)
@@ -663,9 +797,18 @@ class Agent:
         )
         try:
             stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait([stopper, client_task], return_when=asyncio.FIRST_COMPLETED)
+            restarter = asyncio.create_task(self._restart.wait())
+            await asyncio.wait(
+                [stopper, restarter, client_task], return_when=asyncio.FIRST_COMPLETED
+            )
             stopper.cancel()
-            log.info("shutting down")
+            restarter.cancel()
+            log.info(
+                "shutting down"
+                + (" to restart into the new binary" if self.restart_requested else "")
+            )
+            if not self.restart_requested:
+                await self.client.cancel_update()
             # No new scheduled job may start while the running ones are cancelled.
             scheduler_stop.set()
             with contextlib.suppress(asyncio.CancelledError):
@@ -734,7 +877,10 @@ async def run_agent(
     install_signal_handlers: bool = True,
     **agent_kwargs: Any,
 ) -> int:
-    """``restic-manager-agent run``: run until SIGINT/SIGTERM (or ``stop``)."""
+    """``restic-manager-agent run``: run until SIGINT/SIGTERM (or ``stop``).
+
+    Returns 0, or ``EXIT_RESTART`` after a self-update installed a new binary.
+    """
     agent = await Agent.open(config_path, **agent_kwargs)
     logging.getLogger("agent").setLevel(agent.config.log_level.upper())
     stop = stop or asyncio.Event()
@@ -752,6 +898,13 @@ async def run_agent(
     finally:
         for remove in removers:
             remove()
+    if agent.restart_requested:
+        log.warning(
+            "agent stopped for its update: exit code %d, for the service manager to start "
+            "the new binary",
+            EXIT_RESTART,
+        )
+        return EXIT_RESTART
     log.info("agent stopped")
     return 0
 

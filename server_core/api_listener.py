@@ -23,6 +23,7 @@ from server_core.api_common import (
     read_body,
 )
 from server_core.api_pending import PendingHosts, PendingHostsApi
+from server_core.api_updates import Updates, UpdatesApi
 from server_core.errors import InvalidInput, ServiceError
 from server_core.services.api_tokens import authenticate_api_token
 from server_core.services.audit_log import AuditService
@@ -86,6 +87,7 @@ class ApiListener:
         settings: SettingsService,
         offline_bundles: OfflineBundles | None = None,
         pending_hosts: PendingHosts | None = None,
+        updates: Updates | None = None,
     ) -> None:
         self._ctx = ctx
         self._hosts = hosts
@@ -100,6 +102,7 @@ class ApiListener:
         self._alerts_api = AlertsApi(alerts, notifications, audit, settings, hosts)
         self._offline_bundles = offline_bundles
         self._pending_hosts = pending_hosts
+        self._updates = updates
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
@@ -149,6 +152,8 @@ class ApiListener:
             OfflineBundlesApi(self._offline_bundles).routes(r)
         if self._pending_hosts is not None:
             PendingHostsApi(self._pending_hosts).routes(r)
+        if self._updates is not None:
+            UpdatesApi(self._updates).routes(r)
         r.add_get("/metrics", self.metrics, name=METRICS_ROUTE)
         return app
 

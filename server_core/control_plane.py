@@ -40,6 +40,7 @@ from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
 from server_core.services.settings import SettingsService
 from server_core.services.sources import SourceService
+from server_core.services.updates import UPDATE_TIMEOUT_S, UpdateService
 from server_core.store import Store
 from server_core.tls import load_or_create_certificate, ssl_context
 from server_core.views import ServerInfo
@@ -90,6 +91,8 @@ class ControlPlaneConfig:
     # the app bundles (server_core/agent_downloads.py).
     agents_dir: Path | None = None
     installers_dir: Path | None = None
+    # How long an updated agent has to say hello with its new version.
+    update_timeout_s: float = UPDATE_TIMEOUT_S
 
 
 class ControlPlane:
@@ -182,6 +185,10 @@ class ControlPlane:
         )
         self.pending_hosts = PendingHostService(ctx, cert_sha256=self.certificate.sha256)
         self.pending_hosts.start()
+        self.updates = UpdateService(
+            ctx, self.alerts, self.downloads, hello_timeout_s=cfg.update_timeout_s
+        )
+        await self.updates.start()
         agent_app = AgentListener(
             ctx,
             self.enrolment,
@@ -221,6 +228,7 @@ class ControlPlane:
             settings=self.settings,
             offline_bundles=self.offline_bundles,
             pending_hosts=self.pending_hosts,
+            updates=self.updates,
         ).app()
         api_runner = web.AppRunner(
             api_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
@@ -273,6 +281,8 @@ class ControlPlane:
             await self.maintenance_runner.stop()
         if hasattr(self, "pending_hosts"):
             await self.pending_hosts.stop()
+        if hasattr(self, "updates"):
+            await self.updates.stop()
         if hasattr(self, "hub"):
             await self.hub.stop()
         for runner in reversed(self._runners):

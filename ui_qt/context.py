@@ -21,6 +21,7 @@ from server_core.services.restore import RestoreService
 from server_core.services.schedules import ScheduleService
 from server_core.services.settings import SettingsService
 from server_core.services.sources import SourceService
+from server_core.services.updates import UpdateService
 from server_core.views import ServerInfo
 from ui_qt.bridge import EventBridge
 from ui_qt.tasks import AsyncRunner
@@ -50,6 +51,8 @@ class UiContext:
     offline_bundles: OfflineBundleService | None = None
     # Hosts that announced themselves (the fleet view's pending panel).
     pending_hosts: PendingHostService | None = None
+    # Agent self-updates (fleet chip, Update agent, the fleet update dialog).
+    updates: UpdateService | None = None
 
     @classmethod
     def for_control_plane(
@@ -76,6 +79,7 @@ class UiContext:
             settings_service=cp.settings,
             offline_bundles=cp.offline_bundles,
             pending_hosts=cp.pending_hosts,
+            updates=cp.updates,
             server_info=cp.info,
             bridge=bridge,
             runner=runner,

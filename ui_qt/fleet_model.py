@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import re
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from enum import IntEnum
 from typing import Any
 
@@ -35,6 +35,7 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QFont, QIcon
 
+from server_core.update_views import available_update
 from server_core.views import HostView
 from ui_qt.formatting import absolute_time, human_bytes, relative_time
 from ui_qt.widgets.colors import Tone, text_color
@@ -49,6 +50,7 @@ HOST_ID_ROLE = Qt.ItemDataRole.UserRole + 2
 HOST_ROLE = Qt.ItemDataRole.UserRole + 3  # the HostView itself
 STATE_ROLE = Qt.ItemDataRole.UserRole + 4  # online | offline | never
 SPARKLINE_ROLE = Qt.ItemDataRole.UserRole + 5  # size column: 30 daily sizes, None = no sample
+UPDATE_ROLE = Qt.ItemDataRole.UserRole + 6  # agent column: the bundled version it could run
 
 
 class Column(IntEnum):
@@ -128,8 +130,9 @@ FIELD_COLUMNS: dict[str, tuple[Column, ...]] = {
     "enrolled": (Column.STATUS,),
     "last_seen_at": (Column.STATUS,),
     "presence_mode": (Column.STATUS,),  # an offline laptop reads "Asleep · …"
-    "os": (Column.PLATFORM,),
-    "arch": (Column.PLATFORM,),
+    # The agent cell's "update available" chip depends on the platform too.
+    "os": (Column.PLATFORM, Column.AGENT),
+    "arch": (Column.PLATFORM, Column.AGENT),
     "agent_version": (Column.AGENT,),
     "restic_version": (Column.RESTIC,),
     "last_backup_at": (Column.LAST_BACKUP,),
@@ -216,6 +219,8 @@ class FleetModel(QAbstractTableModel):
         self._now = now
         self._dots: dict[str, QIcon] = {}
         self._bold: QFont | None = None
+        # "os/arch" -> the agent version the app bundles (the update chip).
+        self._bundled: dict[str, str] = {}
         self._ticker = QTimer(self)
         self._ticker.setInterval(tick_ms)
         self._ticker.timeout.connect(self.tick)
@@ -238,6 +243,25 @@ class FleetModel(QAbstractTableModel):
     def host(self, host_id: int) -> HostView | None:
         row = self._row_of.get(host_id)
         return None if row is None else self._rows[row]
+
+    def update_for(self, view: HostView) -> str | None:
+        """The bundled agent version this host could update to (None: none)."""
+        return available_update(view.os, view.arch, view.agent_version, self._bundled)
+
+    def outdated(self) -> list[HostView]:
+        return [v for v in self._rows if self.update_for(v) is not None]
+
+    def set_bundled_versions(self, versions: Mapping[str, str]) -> None:
+        """The agent builds the app bundles ("os/arch" -> version): repaints the agent column."""
+        fresh = dict(versions)
+        if fresh == self._bundled:
+            return
+        self._bundled = fresh
+        if self._rows:
+            column = int(Column.AGENT)
+            self.dataChanged.emit(
+                self.index(0, column), self.index(len(self._rows) - 1, column), [UPDATE_ROLE]
+            )
 
     def all_tags(self) -> list[str]:
         tags = {t for v in self._rows for t in v.tags}
@@ -392,6 +416,8 @@ class FleetModel(QAbstractTableModel):
             return view.id
         if role == SPARKLINE_ROLE and col == Column.SIZE:
             return view.size_history
+        if role == UPDATE_ROLE and col == Column.AGENT:
+            return self.update_for(view) if self._bundled else None
         if role == HOST_ROLE:
             return view
         if role == STATE_ROLE:
@@ -527,7 +553,15 @@ class FleetModel(QAbstractTableModel):
                 return "Not reported yet (the agent reports it when it connects)"
             return f"Operating system: {v.os or 'unknown'}\nArchitecture: {v.arch or 'unknown'}"
         if col == Column.AGENT:
-            return f"Agent version {v.agent_version}" if v.agent_version else "Not reported yet"
+            if not v.agent_version:
+                return "Not reported yet"
+            target = self.update_for(v)
+            if target is not None:
+                return (
+                    f"Agent version {v.agent_version} — update available: this app bundles "
+                    f"agent {target}. Right-click → Update agent, or Update agents… for the fleet"
+                )
+            return f"Agent version {v.agent_version}"
         if col == Column.RESTIC:
             return (
                 f"restic {v.restic_version}"

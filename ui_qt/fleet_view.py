@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from server_core.services.context import OPERATOR
 from server_core.views import HostView
 from ui_qt.add_this_computer import AddThisComputerDialog, LocalAgentLauncher
 from ui_qt.context import UiContext
@@ -52,12 +53,14 @@ from ui_qt.fleet_model import (
     HOST_ID_ROLE,
     SPARKLINE_ROLE,
     STATUS_FILTERS,
+    UPDATE_ROLE,
     Column,
     FleetFilterProxy,
     FleetModel,
     backup_failing,
     host_state,
 )
+from ui_qt.fleet_update_dialog import FleetUpdateDialog, update_service
 from ui_qt.navigator import Navigator
 from ui_qt.pending_hosts_panel import PendingHostsPanel
 from ui_qt.widgets.colors import Tone, text_color
@@ -66,6 +69,7 @@ from ui_qt.widgets.sparkline import SparklineDelegate
 from ui_qt.widgets.status_dot import NEVER, OFFLINE, ONLINE
 from ui_qt.widgets.tag_chips import TagChips
 from ui_qt.widgets.tiles import SummaryTile
+from ui_qt.widgets.update_chip import UpdateChipDelegate
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +216,7 @@ class FleetView(QWidget):
         filters.addWidget(self.status_combo, 1)
         filters.addStretch(1)
         filters.addWidget(self.count_label)
+        filters.addWidget(self._build_update_button())
         filters.addWidget(self.add_button)
 
         self.tag_chips = TagChips()
@@ -241,6 +246,10 @@ class FleetView(QWidget):
         # The size column also draws the 30-day repository-size sparkline.
         self.table.setItemDelegateForColumn(
             int(Column.SIZE), SparklineDelegate(SPARKLINE_ROLE, self.table)
+        )
+        # The agent column's "update available" chip.
+        self.table.setItemDelegateForColumn(
+            int(Column.AGENT), UpdateChipDelegate(UPDATE_ROLE, self.table)
         )
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -289,6 +298,68 @@ class FleetView(QWidget):
             self.ctx.bridge,
             sources=self.ctx.sources,
             schedules=self.ctx.schedules,
+        )
+
+    # -- agent updates (ui_qt/fleet_update_dialog.py) ------------------------------
+
+    def _build_update_button(self) -> QPushButton:
+        self.update_button = QPushButton("Update agents…")
+        self.update_button.setObjectName("updateAgents")
+        self.update_button.setToolTip(
+            "Update every host whose agent differs from the one bundled with this app, "
+            "one host at a time"
+        )
+        self.update_button.clicked.connect(self.open_fleet_update)
+        self.update_button.setVisible(update_service(self.ctx) is not None)
+        self._update_dialog: FleetUpdateDialog | None = None
+        return self.update_button
+
+    def _load_bundled_versions(self) -> None:
+        updates = update_service(self.ctx)
+        if updates is None:
+            return
+
+        def loaded(versions: dict[str, str]) -> None:
+            if shiboken6.isValid(self):
+                self.model.set_bundled_versions(versions)
+                self._update_update_button()
+
+        self.ctx.runner.run(
+            updates.bundled_versions(), what="reading the bundled agent", on_done=loaded
+        )
+
+    def _update_update_button(self) -> None:
+        outdated = len(self.model.outdated())
+        self.update_button.setText(f"Update agents ({outdated})…" if outdated else "Update agents…")
+
+    def open_fleet_update(self) -> None:
+        updates = update_service(self.ctx)
+        if updates is None:
+            return
+        dialog = self._update_dialog
+        if dialog is None or not shiboken6.isValid(dialog):
+            dialog = FleetUpdateDialog(
+                updates, self.ctx.runner, self.ctx.bridge, self.model.hosts, self.window()
+            )
+            self._update_dialog = dialog
+        else:
+            dialog.reload()
+        dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+
+    def _update_host(self, host_id: int) -> None:
+        updates = update_service(self.ctx)
+        if updates is None:
+            return
+
+        def failed(exc: Exception) -> None:
+            if shiboken6.isValid(self):
+                self.error_label.setText(f"Could not update the agent: {exc}")
+                self.error_label.setVisible(True)
+
+        self.ctx.runner.run(
+            updates.update_host(host_id, OPERATOR), what="updating the agent", on_error=failed
         )
 
     def _build_empty_page(self) -> QWidget:
@@ -410,6 +481,7 @@ class FleetView(QWidget):
     def reload(self) -> None:
         """Fetch the whole fleet again (F5). Coalesces with a refresh already in flight."""
         self._want_full = True
+        self._load_bundled_versions()
         self._refresh()
 
     def _refresh(self) -> None:
@@ -544,6 +616,7 @@ class FleetView(QWidget):
 
     def _on_model_applied(self) -> None:
         self.tag_chips.set_tags(self.model.all_tags())
+        self._update_update_button()
         self._update_summary()
         empty = self.model.loaded() and self.model.rowCount() == 0
         target = self.empty_page if empty else self.fleet_page
@@ -746,6 +819,12 @@ class FleetView(QWidget):
         copy_action.triggered.connect(lambda: QGuiApplication.clipboard().setText(str(name)))
         menu.addAction(open_action)
         menu.addAction(copy_action)
+        view = self.model.host(int(host_id))
+        target = self.model.update_for(view) if view is not None else None
+        if target is not None and update_service(self.ctx) is not None:
+            update_action = QAction(f"Update agent to {target}", menu)
+            update_action.triggered.connect(lambda: self._update_host(int(host_id)))
+            menu.addAction(update_action)
         menu.popup(self.table.viewport().mapToGlobal(pos))
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:

@@ -31,8 +31,10 @@ from PySide6.QtWidgets import (
 
 from server_core.errors import NotFound
 from server_core.services.context import OPERATOR
+from server_core.update_views import FAILED, UPDATING, available_update
 from server_core.views import HostView as HostRecord
 from ui_qt.context import UiContext
+from ui_qt.fleet_update_dialog import update_service
 from ui_qt.formatting import absolute_time, human_bytes, relative_time
 from ui_qt.host_tabs import (
     CredentialsTab,
@@ -119,6 +121,9 @@ class HostView(QWidget):
         self._deleting_here = False
         self.removed_notice: QMessageBox | None = None
         self._tags_loaded = ""
+        # "os/arch" -> bundled agent version, for "Update agent".
+        self._bundled: dict[str, str] = {}
+        self.update_error: QMessageBox | None = None
 
         self._build_header()
         self.tabs = QTabWidget()
@@ -161,6 +166,7 @@ class HostView(QWidget):
         ctx.bridge.repo_stats_changed.connect(self._on_repo_stats_changed)
         # The header's "Last restore" follows its job, and a restore started here.
         ctx.bridge.jobs_changed.connect(self._on_jobs_changed)
+        self._watch_updates()
         self.snapshots_tab.restore_started.connect(self._restore_started)
         self.ticker = QTimer(self)
         self.ticker.setInterval(TICK_MS)
@@ -215,6 +221,15 @@ class HostView(QWidget):
         self.restore_button.setObjectName("hostRestore")
         self.restore_button.setToolTip("Browse this host's snapshots and restore files from them")
         self.restore_button.clicked.connect(self.open_restore)
+        self.update_button = QPushButton("Update agent")
+        self.update_button.setObjectName("hostUpdateAgent")
+        self.update_button.setToolTip(
+            "Replace this host's agent with the version bundled with this app: it downloads "
+            "the build, keeps the previous one as restic-manager-agent.old and restarts"
+        )
+        self.update_button.clicked.connect(self.update_agent)
+        self.update_button.hide()
+        title.addWidget(self.update_button)
         title.addWidget(self.restore_button)
         title.addWidget(self.back)
 
@@ -403,7 +418,7 @@ class HostView(QWidget):
         self.host = host
         self.name.setText(host.name)
         self.os_arch.setText(" / ".join(p for p in (host.os, host.arch) if p) or "—")
-        self.agent_version.setText(host.agent_version or "—")
+        self._show_agent(host)
         self.restic_version.setText(host.restic_version or "—")
         self._show_presence(host)
         size = human_bytes(host.repo_size_bytes) if host.repo_size_bytes is not None else None
@@ -418,6 +433,74 @@ class HostView(QWidget):
         self._tags_edited()
         for tab in self.all_tabs:
             tab.set_host(host)
+
+    # -- agent version and update --------------------------------------------------
+
+    def _watch_updates(self) -> None:
+        updates = update_service(self.ctx)
+        if updates is None:
+            return
+        self.ctx.bridge.updates_changed.connect(self._on_updates_changed)
+
+        def loaded(versions: dict[str, str]) -> None:
+            self._bundled = versions
+            if self.host is not None:
+                self._show_agent(self.host)
+
+        self.ctx.runner.run(
+            updates.bundled_versions(),
+            what="reading the bundled agent",
+            on_done=guarded(self, loaded),
+        )
+
+    def _on_updates_changed(self, host_ids: set[int | None]) -> None:
+        if self.host_id in host_ids and self.host is not None and not self.gone:
+            self._show_agent(self.host)
+
+    def _show_agent(self, host: HostRecord) -> None:
+        updates = update_service(self.ctx)
+        attempt = updates.host_update(self.host_id) if updates is not None else None
+        target = available_update(host.os, host.arch, host.agent_version, self._bundled)
+        text = html.escape(host.agent_version or "—")
+        tip = ""
+        if attempt is not None and attempt.state == UPDATING:
+            text += f' <span style="color:{GREY}">→ {html.escape(attempt.to_version or "")}</span>'
+            tip = attempt.detail or ""
+        elif attempt is not None and attempt.state == FAILED and target is not None:
+            text += f' <span style="color:{RED}">(update to {html.escape(target)} failed)</span>'
+            tip = attempt.detail or ""
+        elif target is not None:
+            text += f' <span style="color:{AMBER}">(update available: {html.escape(target)})</span>'
+            tip = f"This app bundles agent {target} for {host.os}/{host.arch}"
+        self.agent_version.setTextFormat(Qt.TextFormat.RichText)
+        self.agent_version.setText(text)
+        self.agent_version.setToolTip(tip)
+        updating = attempt is not None and attempt.state == UPDATING
+        self.update_button.setVisible(updates is not None and (target is not None or updating))
+        self.update_button.setEnabled(not updating and host.status == "online" and not self.gone)
+        self.update_button.setText(
+            "Updating agent…" if updating else f"Update agent to {target}" if target else ""
+        )
+        if host.status != "online" and not updating:
+            self.update_button.setToolTip("The agent must be connected to be updated")
+
+    def update_agent(self) -> None:
+        updates = update_service(self.ctx)
+        if updates is None or self.host is None:
+            return
+        self.update_button.setEnabled(False)
+
+        def failed(exc: Exception) -> None:
+            if self.host is not None:
+                self._show_agent(self.host)
+            self.update_error = show_error(self, "Could not update the agent", exc)
+
+        self.ctx.runner.run(
+            updates.update_host(self.host_id, OPERATOR),
+            what="updating the agent",
+            on_done=guarded(self, lambda _view: self._show_agent(self.host) if self.host else None),
+            on_error=guarded(self, failed),
+        )
 
     def _show_presence(self, host: HostRecord) -> None:
         if self.presence_saving:
@@ -627,7 +710,14 @@ class HostView(QWidget):
         name = self.host.name if self.host is not None else f"host {self.host_id}"
         self.banner.setText(f"{name} was deleted.")
         self.banner.show()
-        for widget in (self.tags, self.retry_probe, self.tabs, self.restore_button, self.presence):
+        for widget in (
+            self.tags,
+            self.retry_probe,
+            self.tabs,
+            self.restore_button,
+            self.presence,
+            self.update_button,
+        ):
             widget.setEnabled(False)
         self.save_tags_button.setEnabled(False)
         if notify:

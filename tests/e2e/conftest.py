@@ -58,6 +58,9 @@ async def control_plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
             agent_listen=Endpoint("127.0.0.1", 0),
             api_listen=Endpoint("127.0.0.1", 0),
             keyring_backend=keyring.backends.fail.Keyring(),
+            # No bundled agent builds: what dist/ holds (or not) on this
+            # machine must not change what a view shows.
+            agents_dir=tmp_path / "agents",
         )
     )
     await cp.start()

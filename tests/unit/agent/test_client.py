@@ -478,7 +478,8 @@ async def test_unsupported_commands_fail_the_job_clearly(
             env.payload.job_id: env.payload  # type: ignore[attr-defined]
             for env in server.of_type(protocol.JobFinished)
         }
-        assert "not supported yet" in by_job["u1"].error
+        # The venv's agent refuses: only the packaged agent replaces itself.
+        assert "self-update needs the packaged agent" in by_job["u1"].error
         assert by_job["r1"].error == f"job kind update is not supported by agent {__version__}"
         started = {env.payload.job_id for env in server.of_type(protocol.JobStarted)}  # type: ignore[attr-defined]
         assert started == {"u1", "r1"}

@@ -123,10 +123,11 @@ def test_only_the_changed_cells_are_signalled(model: FleetModel) -> None:
             view(2, last_backup_at=NOW - 60, next_run_at=NOW + 60, os="windows", tags=["x"]),
         ]
     )
-    platform, tags = int(Column.PLATFORM), int(Column.TAGS)
+    platform, agent, tags = int(Column.PLATFORM), int(Column.AGENT), int(Column.TAGS)
     last_backup, next_run = int(Column.LAST_BACKUP), int(Column.NEXT_RUN)
     assert spy.changed == [
-        (1, platform, 1, platform),
+        # The platform decides the agent cell's "update available" chip too.
+        (1, platform, 1, agent),
         (1, last_backup, 1, next_run),
         (1, tags, 1, tags),
     ]
