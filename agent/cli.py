@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ from typing import NoReturn, TextIO
 from agent.version import __version__
 
 PROG = "restic-manager-agent"
+# The enrolment token's environment variable: a process's command line is
+# readable by every user of the host (ps, /proc/*/cmdline), its environment is not.
+TOKEN_ENV = "RM_ENROL_TOKEN"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -47,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_enrol = sub.add_parser("enrol", help="enrol this host with a one-time token from the app")
     p_enrol.add_argument("--server", required=True, help="https://HOST:PORT of restic-manager")
-    p_enrol.add_argument("--token", required=True, help="the one-time enrolment token")
+    p_enrol.add_argument(
+        "--token",
+        help=f"the one-time enrolment token; better given in ${TOKEN_ENV}, which other "
+        "users cannot read the way they can read a command line",
+    )
     p_enrol.add_argument(
         "--cert-sha256",
         required=True,
@@ -116,6 +124,14 @@ def main(
 
 
 def _enrol(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    token = args.token or os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        print(
+            f"{PROG}: error: no enrolment token: set ${TOKEN_ENV} (or pass --token); "
+            "copy it from the app's Add host page",
+            file=err,
+        )
+        return EXIT_USAGE
     # Imported here: it pulls in aiohttp (~0.2 s), which --version and --help do not need.
     from agent import enrol as enrol_mod
     from agent.jobs import find_restic_binary
@@ -137,7 +153,7 @@ def _enrol(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             restic_note = "restic was not found in PATH: install it before the first backup"
         result = await enrol_mod.enrol(
             server_url=args.server,
-            token=args.token,
+            token=token,
             cert_sha256=args.cert_sha256,
             config_path=args.config,
             state_dir=args.state_dir,

@@ -260,11 +260,14 @@ function Install-Files([string]$Agent) {
 }
 
 function Invoke-Enrol {
-    $arguments = @('enrol', '--server', $script:Server, '--token', $script:Token, '--cert-sha256', $script:Pin,
+    # The token goes in the environment: a command line is readable by every user.
+    $env:RM_ENROL_TOKEN = $script:Token
+    $arguments = @('enrol', '--server', $script:Server, '--cert-sha256', $script:Pin,
         '--config', $Config, '--state-dir', $DataDir)
     if ($script:Restic) { $arguments += @('--restic', $script:Restic) }
     if ($Hostname) { $arguments += @('--hostname', $Hostname) }
     & $Exe @arguments
+    Remove-Item Env:\RM_ENROL_TOKEN -ErrorAction SilentlyContinue
     if ($LASTEXITCODE -ne 0) {
         Stop-Install 'enrolment failed (the agent''s message is above); nothing of this run was kept. Fix the cause, create a new token in the app if this one was used or expired, and run the command again.'
     }

@@ -500,7 +500,7 @@ install_files() {
 }
 
 enrol() {
-	set -- enrol --server "$SERVER" --token "$TOKEN" --cert-sha256 "$PIN" \
+	set -- enrol --server "$SERVER" --cert-sha256 "$PIN" \
 		--config "$CONFIG" --state-dir "$STATE_DIR"
 	if [ -n "$RESTIC_ARG" ]; then
 		set -- "$@" --restic "$RESTIC_ARG"
@@ -508,7 +508,8 @@ enrol() {
 	if [ -n "$HOSTNAME_ARG" ]; then
 		set -- "$@" --hostname "$HOSTNAME_ARG"
 	fi
-	if ! "$BIN" "$@"; then
+	# The token goes in the environment: a command line is readable by every user.
+	if ! RM_ENROL_TOKEN="$TOKEN" "$BIN" "$@"; then
 		die "enrolment failed (the agent's message is above); nothing of this run was kept. Fix the cause, create a new token in the app if this one was used or expired, and run the command again."
 	fi
 	chmod 0600 "$CONFIG" "$CONFIG.key" 2>/dev/null || true

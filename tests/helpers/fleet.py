@@ -194,8 +194,6 @@ class AgentProcess:
                 "enrol",
                 "--server",
                 server,
-                "--token",
-                token,
                 "--cert-sha256",
                 cert_sha256,
                 "--config",
@@ -209,7 +207,8 @@ class AgentProcess:
             ],
             capture_output=True,
             text=True,
-            env=child_env(),
+            # As install.sh does: the token never on a command line.
+            env=child_env(RM_ENROL_TOKEN=token),
             timeout=60,
         )
 

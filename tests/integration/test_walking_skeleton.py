@@ -84,7 +84,7 @@ def test_enrol_backup_snapshot(
     assert host["repo_size_bytes"] and host["repo_size_bytes"] > 0
     assert host["last_backup_status"] == "succeeded"
 
-    actions = {e["action"] for e in fleet.api.get("/audit?limit=1000")}
+    actions = {e["action"] for e in fleet.api.get("/audit?limit=1000")["entries"]}
     for expected in (
         "api_token.created",
         "host.created",

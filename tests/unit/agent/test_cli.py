@@ -135,6 +135,21 @@ async def test_enrol_writes_private_config_and_encrypted_secrets(
     assert SecretsFile(secrets_path, key_path).load() == {"bearer": BEARER}
 
 
+async def test_enrol_takes_the_token_from_the_environment(
+    enrol_server: EnrolServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = enrol_args(enrol_server, tmp_path)
+    i = args.index("--token")
+    del args[i : i + 2]
+    code, _out, err = await run_cli(*args)
+    assert code == 2 and "RM_ENROL_TOKEN" in err and enrol_server.requests == []
+    monkeypatch.setenv("RM_ENROL_TOKEN", TOKEN)
+    code, _out, err = await run_cli(*args)
+    assert code == 0, err
+    (req,) = enrol_server.requests
+    assert req["token"] == TOKEN
+
+
 async def test_enrol_with_wrong_pin_fails_clearly_and_writes_nothing(
     enrol_server: EnrolServer, tmp_path: Path
 ) -> None:
