@@ -39,13 +39,26 @@ test: bootstrap lint typecheck
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # Benchmarks (not part of `make test`; they measure, they do not fail on a slow
-# machine): one JSON file each in tests/perf/results/, about 4 min on 2 cores.
-# Offscreen Qt, so no X server is needed; see tests/perf/README.md.
+# machine): one JSON file each in tests/perf/results/, then the table in
+# BENCHMARKS.md; ~11 min on 2 cores (~13 the first time, generating its data).
+# `make bench-NAME` runs one, `make bench-summary` rewrites the table.
+# Offscreen Qt, so no X server is needed; see tests/perf/README.md. Every
+# benchmark runs even if one crashes; the exit status says whether any did.
+BENCHES := fleet-capacity log-ingest agent-overhead agent-footprint app-start \
+	loop-lag fleet-table job-log restore-browse
+.PHONY: $(addprefix bench-,$(BENCHES)) bench-summary
 bench: bootstrap
-	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_loop_lag.py
-	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_fleet_table.py
-	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_job_log.py
-	$(PY) tests/perf/bench_restore_browse.py
+	@failed=""; for b in $(BENCHES); do \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory bench-$$b || failed="$$failed $$b"; \
+		echo "== bench-$$b: $$(( $$(date +%s) - start )) s"; \
+	done; \
+	$(PY) tests/perf/summarise.py; \
+	if [ -n "$$failed" ]; then echo "benchmarks that crashed:$$failed"; exit 1; fi
+$(addprefix bench-,$(BENCHES)): bench-%: bootstrap
+	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_$(subst -,_,$*).py
+bench-summary:
+	$(PY) tests/perf/summarise.py
 
 # The one-file agent (dist/agents/) and the one-folder desktop app
 # (dist/restic-manager/, smoke-checked), each rebuilt only when its inputs

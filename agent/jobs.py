@@ -1241,9 +1241,14 @@ class JobRunner:
         return _Outcome(status="succeeded", exit_code=0, repo_status="ready")
 
     async def _refresh(self, job: _Job, repo: _Repo) -> None:
-        """Report snapshots and repo size; a failure here does not fail the job."""
-        await self._report_snapshots(job, repo, strict=False)
-        await self._report_stats(job, repo, strict=False)
+        """Report snapshots and repo size; a failure here does not fail the job.
+
+        Side by side: each restic run opens the repository, which derives its
+        key with scrypt (~0.5 s by design); both only read."""
+        await asyncio.gather(
+            self._report_snapshots(job, repo, strict=False),
+            self._report_stats(job, repo, strict=False),
+        )
 
     async def _report_snapshots(self, job: _Job, repo: _Repo, *, strict: bool) -> None:
         out: list[str] = []

@@ -20,6 +20,7 @@ from server_core.store import Store
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 2.0
+_TOUCH_LAST_SEEN = 'UPDATE "host" SET "last_seen_at" = ? WHERE "id" = ?'
 
 
 @dataclass(eq=False)
@@ -220,11 +221,12 @@ class AgentHub:
                 # Offline first; the (possibly slow) close happens on the side.
                 await self.unregister(conn, "no heartbeat within the timeout")
                 self._close_later(conn, "no heartbeat within the timeout")
-        seen = {c.host_id: c.last_seen_wall for c in self._connections.values()}
-        if seen:
-            # Heartbeats only touch memory; the database learns about them here.
+        rows = [(c.last_seen_wall, c.host_id) for c in self._connections.values()]
+        if rows:
+            # Heartbeats only touch memory; the database learns about them here,
+            # in one statement: a peewee update per host held the store thread
+            # (and every dispatch queued behind it) ~60-110 ms at 1,000 agents.
             def run() -> None:
-                for host_id, ts in seen.items():
-                    Host.update(last_seen_at=ts).where(Host.id == host_id).execute()
+                Host._meta.database.connection().executemany(_TOUCH_LAST_SEEN, rows)
 
             await self._store.transaction(run)

@@ -15,20 +15,24 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+if __package__ in (None, ""):  # run as a script: make `tests.perf` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import PySide6
 from PySide6.QtWidgets import QApplication, QListView
 
 from server_core.views import LogLineView
+from tests.perf import benchlib
 from ui_qt.log_model import LogModel, LogView
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,21 +166,42 @@ def main() -> None:
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
 
-    log_view = run_log_view(app, args.lines, args.chunk)
-    reference = run_list_view_reference(app, args.reference_lines, args.chunk)
+    log_view: dict[str, Any] = run_log_view(app, args.lines, args.chunk)
+    reference: dict[str, Any] = run_list_view_reference(app, args.reference_lines, args.chunk)
     result = {
         "benchmark": "job_log",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
         "pyside6": PySide6.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpu",
+        "machine": {**benchlib.machine(), "pyside6": PySide6.__version__},
         "goal": "no chunk of 10k lines holds the loop for more than 100 ms",
         "log_view": log_view,
         "qlistview_reference": reference,
+        "summary": [
+            benchlib.row(
+                f"job log {args.lines:,} lines: worst {args.chunk:,}-line append (+ paint)",
+                log_view["max_ms"],
+                "ms",
+                baseline=reference["median_ms"],
+                baseline_what=f"QListView, median chunk over its first {args.reference_lines:,}",
+                goal="no stall > 100 ms",
+                met=float(log_view["max_ms"]) <= 100,
+                note=f"median chunk {log_view['median_ms']} ms",
+            ),
+            benchlib.row(
+                f"job log {args.lines:,} lines: total time",
+                log_view["total_s"],
+                "s",
+            ),
+            benchlib.row(
+                f"job log {args.lines:,} lines: memory",
+                log_view["rss_growth_mib"],
+                "MiB",
+                note=f"{log_view['bytes_per_line']} B/line",
+            ),
+        ],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "job_log.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    benchlib.finish("job_log", result)
     lv = log_view
     print(
         f"LogView: {lv['lines']:,} lines in chunks of {lv['chunk']:,}: per chunk"
@@ -193,7 +218,6 @@ def main() -> None:
         f"QListView reference, {reference['lines']:,} lines: median {reference['median_ms']} ms,"
         f" max {reference['max_ms']} ms per chunk; by rows: {reference['chunk_ms_by_rows']}"
     )
-    print(f"wrote {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from agent.restic import commands as rc  # noqa: E402
+from tests.perf import benchlib  # noqa: E402
 
 RESULTS = ROOT / "tests" / "perf" / "results"
 CACHE = ROOT / "tests" / "perf" / ".cache"
@@ -478,12 +478,8 @@ def main() -> int:
     repo, snapshot = prepare_snapshot(args.files, binaries[0])
     cache_root = Path(tempfile.mkdtemp(prefix="bench-browse-"))
     results: dict[str, Any] = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}",
-            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        },
+        "benchmark": "restore_browse",
+        "machine": benchlib.machine(),
         "snapshot": {"files": args.files, "id": snapshot, "seed": SEED},
         "versions": [],
     }
@@ -500,13 +496,44 @@ def main() -> int:
             results["synthetic_build"] = runs
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
-    results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["max_rss_self_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    results["summary"] = summary_rows(results)
     print_summary(results)
-    print(f"wrote {args.out}")
+    benchlib.finish("restore_browse", results, args.out)
     return 0
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    files = results["snapshot"]["files"]
+    for v in results["versions"]:
+        b, t, r = v["build_vs_ls"], v["tree_list_ms"], v["restic_ls_dir_ms"]
+        version = v["restic_version"]
+        rows.append(
+            benchlib.row(
+                f"restore browse {files:,} files, restic {version}: index build",
+                b["index_build_median_s"],
+                "s",
+                baseline=b["ls_json_median_s"],
+                baseline_what="one restic ls --json, same run",
+                ratio_of=b["ratio"],
+                goal="ratio ≤ 1.2",
+                met=b["ratio"] <= 1.2,
+            )
+        )
+        rows.append(
+            benchlib.row(
+                f"restore browse {files:,} files, restic {version}: tree.list p99",
+                t["p99"],
+                "ms",
+                baseline=round(r["p99"], 1),
+                baseline_what="restic ls <snap> <dir> p99, same run",
+                goal="≤ 20 ms",
+                met=t["p99"] <= 20,
+                note=f"p50 {t['p50']} ms",
+            )
+        )
+    return rows
 
 
 def print_summary(results: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,22 +28,20 @@ import qasync
 from PySide6.QtCore import QEvent, QObject, qVersion
 from PySide6.QtWidgets import QApplication
 
+from tests.perf import benchlib
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tests" / "perf" / "results"
 
 
 def machine() -> dict[str, Any]:
-    """The facts a reader needs to compare two result files."""
+    """The facts a reader needs to compare two result files (CPU model and
+    cores, load at start) plus the Qt in use."""
     return {
-        "cpu_count": os.cpu_count(),
-        "arch": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
+        **benchlib.machine(),
         "pyside6": PySide6.__version__,
         "qt": qVersion(),
         "qpa_platform": os.environ.get("QT_QPA_PLATFORM", ""),
-        # Other work on the machine skews every figure: recorded, not hidden.
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
