@@ -5,7 +5,7 @@ PY      := .venv/bin/python
 DATA    ?= $(HOME)/.local/share/restic-manager
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean bench dist
+.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean bench dist fuzz
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -59,6 +59,14 @@ $(addprefix bench-,$(BENCHES)): bench-%: bootstrap
 	QT_QPA_PLATFORM=offscreen $(PY) tests/perf/bench_$(subst -,_,$*).py
 bench-summary:
 	$(PY) tests/perf/summarise.py
+
+# Hostile input at full size (`make test` runs the same tests with a small
+# budget): 100k fuzzed agent WebSocket frames, floods, a long schemathesis run
+# against a live control plane, large inputs. Figures go to tests/fuzz/results/
+# for RELIABILITY.md.
+fuzz: bootstrap
+	FUZZ_SCALE=20 FUZZ_WS_FRAMES=100000 FUZZ_API_EXAMPLES=250 FUZZ_RESULTS=tests/fuzz/results \
+		$(PY) -m pytest tests/fuzz -q -p no:cacheprovider --timeout=7200 $(PYTEST_ARGS)
 
 # The one-file agent (dist/agents/) and the one-folder desktop app
 # (dist/restic-manager/, smoke-checked), each rebuilt only when its inputs

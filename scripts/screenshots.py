@@ -407,6 +407,8 @@ async def main_window_shots(out: Path) -> list[Path]:
                 api_listen=Endpoint("127.0.0.1", 0),
                 advertise_host="backup-ctl.lan",
                 keyring_backend=keyring.backends.fail.Keyring(),
+                # No bundled agent builds: a local dist/ must not change the pictures.
+                agents_dir=Path(tmp) / "agents",
             )
         )
         await cp.start()
@@ -492,6 +494,8 @@ async def _with_ui(fn: Callable[..., Any], out: Path) -> list[Path]:
                 agent_listen=Endpoint("127.0.0.1", 0),
                 api_listen=Endpoint("127.0.0.1", 0),
                 keyring_backend=keyring.backends.fail.Keyring(),
+                # No bundled agent builds: a local dist/ must not change the pictures.
+                agents_dir=Path(tmp) / "agents",
             )
         )
         await cp.start()

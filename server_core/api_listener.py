@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server_core import metrics
+from server_core import metrics, openapi
 from server_core.api_alerts import Alerts, AlertsApi, Notifications
 from server_core.api_bundles import OfflineBundles, OfflineBundlesApi
 from server_core.api_common import (
@@ -108,6 +108,7 @@ class ApiListener:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
         r = app.router
         r.add_get("/api/v1/server", self.server)
+        r.add_get(openapi.PATH, openapi.OpenApiRoute(self._server_info).get)
         r.add_post("/api/v1/enrolment-tokens", self.create_enrolment_token)
         r.add_get("/api/v1/hosts", self.list_hosts)
         r.add_get("/api/v1/hosts/{host_id}", self.get_host)

@@ -34,6 +34,8 @@ async def embedded_ui(prefix: str = "rm-shots-") -> AsyncIterator[EmbeddedUi]:
                 agent_listen=Endpoint("127.0.0.1", 0),
                 api_listen=Endpoint("127.0.0.1", 0),
                 keyring_backend=keyring.backends.fail.Keyring(),
+                # No bundled agent builds: a local dist/ must not change the pictures.
+                agents_dir=Path(tmp) / "agents",
             )
         )
         await cp.start()
