@@ -31,12 +31,12 @@ from agent.enrol import (
     EXIT_FAILURE,
     EXIT_USAGE,
     EnrolError,
+    EnrolPlan,
     EnrolResult,
-    _Plan,
-    _write,
     mismatch_message,
-    normalize_server_url,
     pin_ssl,
+    plan_enrolment,
+    write_enrolment,
 )
 from agent.identity import Identity, IdentityError, identity_path_for, load_or_create
 from agent.version import __version__
@@ -61,7 +61,7 @@ class _Retry(Exception):
 
 @dataclass(frozen=True)
 class AnnouncePlan:
-    plan: _Plan
+    plan: EnrolPlan
     identity: Identity
     created_key: bool
 
@@ -76,15 +76,8 @@ def prepare(
     hostname: str | None,
 ) -> AnnouncePlan:
     """Validate the arguments and load (or create) the host key; usage errors exit 2."""
-    server = normalize_server_url(server_url)
-    try:
-        pin = protocol.normalize_fingerprint(cert_sha256)
-    except ValueError as exc:
-        raise EnrolError(f"--cert-sha256: {exc}", EXIT_USAGE) from None
-    state = (state_dir or platform_info.default_state_dir()).expanduser().absolute()
-    config = config_path.expanduser().absolute()
-    if config.is_dir():
-        raise EnrolError(f"--config {config} is a directory; give a file path", EXIT_USAGE)
+    plan = plan_enrolment(server_url, cert_sha256, config_path, state_dir, restic_path, hostname)
+    config = plan.config_path
     if config.exists():
         raise EnrolError(
             f"{config} exists: this host is enrolled already. Start it with "
@@ -93,18 +86,9 @@ def prepare(
             EXIT_USAGE,
         )
     try:
-        identity, created = load_or_create(identity_path_for(state))
+        identity, created = load_or_create(identity_path_for(plan.state_dir))
     except IdentityError as exc:
         raise EnrolError(str(exc), EXIT_FAILURE) from None
-    plan = _Plan(
-        server=server,
-        pin=pin,
-        token="",
-        config_path=config,
-        state_dir=state,
-        restic_path=restic_path,
-        hostname=platform_info.hostname(hostname),
-    )
     return AnnouncePlan(plan=plan, identity=identity, created_key=created)
 
 
@@ -305,7 +289,7 @@ class Announcer:
             host_id=grant.host_id, bearer=grant.bearer, hostname=grant.hostname
         )
         try:
-            result = _write(self._plan, response)
+            result = write_enrolment(self._plan, response)
         except EnrolError as exc:
             cause = exc.__cause__ or exc
             with contextlib.suppress(Exception):

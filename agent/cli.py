@@ -134,23 +134,9 @@ def _enrol(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_USAGE
     # Imported here: it pulls in aiohttp (~0.2 s), which --version and --help do not need.
     from agent import enrol as enrol_mod
-    from agent.jobs import find_restic_binary
-    from agent.restic.version import ResticNotFound
 
     async def go() -> tuple[enrol_mod.EnrolResult, str | None]:
-        restic_note: str | None = None
-        restic_version: str | None = None
-        # restic's finder falls back to PATH; an explicit --restic that does
-        # not exist is a typo the operator should hear about now.
-        if args.restic and shutil.which(args.restic) is None:
-            raise enrol_mod.EnrolError(
-                f"--restic {args.restic!r} is not an executable file", EXIT_USAGE
-            )
-        try:
-            restic = await find_restic_binary(args.restic)
-            restic_version = str(restic.version)
-        except ResticNotFound:
-            restic_note = "restic was not found in PATH: install it before the first backup"
+        restic_version, restic_note = await _restic_version(args.restic)
         result = await enrol_mod.enrol(
             server_url=args.server,
             token=token,

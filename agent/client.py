@@ -725,7 +725,6 @@ class Agent:
         schedule_version = stored.get("schedule_version")
         # Set once a new binary is in place: run() returns, run_agent exits
         # with EXIT_RESTART and the service manager starts the new binary.
-        self.restart_requested = False
         self._restart = asyncio.Event()
         self.client = AgentClient(
             config=config,
@@ -742,14 +741,14 @@ class Agent:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             rng=rng,
-            on_restart=self._request_restart,
+            on_restart=self._restart.set,
             executable=executable,
         )
         self._shutdown_drain_seconds = shutdown_drain_seconds
 
-    def _request_restart(self) -> None:
-        self.restart_requested = True
-        self._restart.set()
+    @property
+    def restart_requested(self) -> bool:
+        return self._restart.is_set()
 
     def _on_schedule_set(self, schedule_set: protocol.ScheduleSet) -> None:
         self.jobs.update_schedule_set(schedule_set)

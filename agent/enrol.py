@@ -101,39 +101,43 @@ def mismatch_message(exc: aiohttp.ServerFingerprintMismatch) -> str:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class EnrolPlan:
+    """Validated arguments of ``enrol`` / ``announce``: what gets written on success."""
+
     server: str
     pin: str
-    token: str
+    token: str  # empty for announce, which needs none
     config_path: Path
     state_dir: Path
     restic_path: str | None
     hostname: str
 
 
-def _plan(
+def plan_enrolment(
     server_url: str,
-    token: str,
     cert_sha256: str,
     config_path: Path,
     state_dir: Path | None,
     restic_path: str | None,
     hostname: str | None,
-) -> _Plan:
-    """Validate everything before the token leaves the host; usage errors exit 2."""
+    *,
+    token: str = "",
+    require_token: bool = False,
+) -> EnrolPlan:
+    """Validate everything before anything leaves the host; usage errors exit 2."""
     server = normalize_server_url(server_url)
     try:
         pin = protocol.normalize_fingerprint(cert_sha256)
     except ValueError as exc:
         raise EnrolError(f"--cert-sha256: {exc}", EXIT_USAGE) from None
     token = token.strip()
-    if not token:
+    if require_token and not token:
         raise EnrolError("--token must not be empty", EXIT_USAGE)
     state = (state_dir or platform_info.default_state_dir()).expanduser().absolute()
     config_path = config_path.expanduser().absolute()
     if config_path.is_dir():
         raise EnrolError(f"--config {config_path} is a directory; give a file path", EXIT_USAGE)
-    return _Plan(
+    return EnrolPlan(
         server=server,
         pin=pin,
         token=token,
@@ -144,7 +148,8 @@ def _plan(
     )
 
 
-def _write(plan: _Plan, response: protocol.EnrolResponse) -> EnrolResult:
+def write_enrolment(plan: EnrolPlan, response: protocol.EnrolResponse) -> EnrolResult:
+    """Write the config and secrets the server's enrolment grants; raises EnrolError."""
     cfg = AgentConfig(
         server_url=plan.server,
         cert_sha256=plan.pin,
@@ -187,7 +192,16 @@ async def enrol(
     timeout_seconds: float = ENROL_TIMEOUT_S,
 ) -> EnrolResult:
     """Enrol this host and write its config and secrets; raises EnrolError."""
-    plan = _plan(server_url, token, cert_sha256, config_path, state_dir, restic_path, hostname)
+    plan = plan_enrolment(
+        server_url,
+        cert_sha256,
+        config_path,
+        state_dir,
+        restic_path,
+        hostname,
+        token=token,
+        require_token=True,
+    )
     request = protocol.EnrolRequest(
         token=plan.token,
         hostname=plan.hostname,
@@ -197,7 +211,7 @@ async def enrol(
         restic_version=restic_version,
     )
     body = await _post_enrol(plan.server, plan.pin, request, timeout_seconds)
-    return _write(plan, _parse_response(body))
+    return write_enrolment(plan, _parse_response(body))
 
 
 async def _post_enrol(

@@ -34,8 +34,6 @@ LOG_FILE_COUNT = 3
 STOP_WAIT_HINT_MS = 60_000
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 class ServiceUnavailable(Exception):

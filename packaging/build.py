@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from agent import platform_info  # noqa: E402  (needs ROOT on sys.path)
-from server_core.agent_downloads import agent_file_name  # noqa: E402
+from server_core.agent_downloads import agent_file_name, sha256_file  # noqa: E402
 
 AGENT_EXE = "restic-manager-agent"
 APP_EXE = "restic-manager"
@@ -64,14 +64,6 @@ def _exe(name: str) -> str:
 def target() -> tuple[str, str]:
     """This machine's (os, arch), spelled as the agent reports them."""
     return platform_info.os_name(), platform_info.arch()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _files(root: Path, patterns: Iterable[str]) -> list[Path]:

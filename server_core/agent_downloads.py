@@ -53,7 +53,6 @@ _BINARY_FILE = re.compile(
     rf"^{re.escape(AGENT_BASENAME)}-(?P<os>[a-z0-9_]{{1,16}})-(?P<arch>[a-z0-9_]{{1,16}})"
     r"(?P<exe>\.exe)?$"
 )
-_HASH_CHUNK = 1024 * 1024
 
 
 def _resource_root() -> Path | None:
@@ -124,12 +123,10 @@ def list_bundled(agents_dir: Path) -> list[BundledAgent]:
     return found
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256 in hex (blocking: reads the whole file)."""
     with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -172,7 +169,7 @@ class AgentDownloads:
         cached = self._hashes.get(agent.path)
         if cached is not None and cached[0] == key:
             return cached[1]
-        digest = _sha256_file(agent.path)
+        digest = sha256_file(agent.path)
         self._hashes[agent.path] = (key, digest)
         return digest
 

@@ -115,6 +115,8 @@ def audit_query(request: web.Request) -> AuditQuery:
         limit=query_int(request, "limit", 500),
         before_id=query_int(request, "before_id", 0) if before else None,
     )
+    # Checked here as well as in the service: a CSV export has sent its
+    # headers (status 200) before the service reads the first page.
     validate_query(query)
     return query
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from server_core.alert_rules import SEVERITIES, UNRESOLVED
 from server_core.models import Host
 from server_core.store import Store
 
@@ -21,8 +22,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "restic_manager_"
 # Seconds: from a quick snapshot or check to a six-hour initial backup.
 DURATION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 21600)
-SEVERITIES = ("info", "warning", "critical")
-UNRESOLVED = ("open", "acknowledged")
 
 # One row per enrolled host (one still waiting for its agent would only look
 # down). The latest finished backup is an index seek on job(host_id, kind,

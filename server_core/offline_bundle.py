@@ -46,6 +46,7 @@ from server_core.agent_downloads import (
     AGENT_BASENAME,
     agent_file_name,
     list_bundled,
+    sha256_file,
 )
 from server_core.errors import Conflict, InvalidInput, NotFound
 from server_core.models import Host
@@ -434,14 +435,6 @@ def _write_private(dest: Path, write: Callable[[_HashingWriter], None]) -> tuple
     return out.size, out.digest.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class _Member:
     name: str
@@ -514,7 +507,7 @@ def _tar_info(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
 def _tar_payload(out: IO[bytes], members: list[_Member], copier: _Copier, now: float) -> None:
     """An uncompressed ustar archive, SHA256SUMS first. The agent is compressed
     already, and plain tar needs no gzip on the host."""
-    sums = "".join(f"{_sha256_file(m.source)}  {m.name}\n" for m in members).encode()
+    sums = "".join(f"{sha256_file(m.source)}  {m.name}\n" for m in members).encode()
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         tar.addfile(_tar_info("SHA256SUMS", len(sums), 0o644, now), io.BytesIO(sums))
         for m in members:

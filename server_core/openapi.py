@@ -786,7 +786,8 @@ OPERATIONS: tuple[Op, ...] = (
        "A new /metrics token (the old one stops working)", "settings", ok=201,
        returns="MetricsToken"),
     Op("get", "/metrics", "getMetrics", "Prometheus metrics (off until enabled)", "settings",
-       returns={"text/plain": {"type": "string"}}, auth=False, errors=(401,)),
+       returns={"text/plain": {"type": "string"}}, auth=False,
+       errors=(401, 404)),  # 404: turned off
 )  # fmt: skip
 
 
@@ -844,8 +845,6 @@ def _operation(op: Op) -> dict[str, Any]:
         codes.add(400)
     if op.body:
         codes.add(413)
-    if op.path == "/metrics":
-        codes.add(404)  # metrics turned off
     for code in sorted(codes):
         responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
     out: dict[str, Any] = {

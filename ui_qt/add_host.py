@@ -244,6 +244,64 @@ def _colour(tone: Tone) -> str:
     return str(text_color(tone).name())
 
 
+def field_with_error(
+    widget: QWidget,
+    key: str,
+    errors: dict[str, QLabel],
+    hint: str | None = None,
+    *,
+    hint_colour: str | None = None,
+    after: QWidget | None = None,
+) -> QWidget:
+    """The field, an optional hint under it (grey unless ``hint_colour``), a hidden
+    red error line kept as ``errors[key]`` (see FieldErrorsMixin), then ``after``."""
+    box = QWidget()
+    column = QVBoxLayout(box)
+    column.setContentsMargins(0, 0, 0, 0)
+    column.setSpacing(2)
+    column.addWidget(widget)
+    if hint:
+        note = QLabel(hint)
+        note.setWordWrap(True)
+        note.setStyleSheet(f"color: {hint_colour or _colour(Tone.MUTED)}")
+        column.addWidget(note)
+    error = QLabel()
+    error.setObjectName(f"error_{key}")
+    error.setWordWrap(True)
+    error.setStyleSheet(f"color: {_colour(Tone.BAD)}")
+    error.setVisible(False)
+    column.addWidget(error)
+    if after is not None:
+        column.addWidget(after)
+    errors[key] = error
+    return box
+
+
+def host_request(
+    *,
+    hostname: str,
+    repo_url: str,
+    repo_password: str,
+    backend_username: str,
+    backend_password: str,
+    paths: str,
+    tags: str,
+) -> dict[str, Any]:
+    """An add-host request (as the API takes it) from the texts of a host form:
+    paths one per line, tags comma separated."""
+    repository: dict[str, Any] = {"url": repo_url, "password": repo_password}
+    if backend_username.strip():
+        repository["username"] = backend_username.strip()
+    if backend_password:
+        repository["backend_password"] = backend_password
+    return {
+        "hostname": hostname.strip(),
+        "repository": repository,
+        "initial_paths": [line.strip() for line in paths.splitlines() if line.strip()],
+        "tags": [t.strip() for t in tags.split(",") if t.strip()],
+    }
+
+
 def _dot(tone: Tone) -> str:
     return f'<span style="color:{fill_color(tone).name()}; font-size:14pt">●</span>'
 
@@ -640,27 +698,7 @@ class AddHostDialog(FieldErrorsMixin, QDialog):
     def _with_error(
         self, widget: QWidget, key: str, hint: str | None = None, *, after: QWidget | None = None
     ) -> QWidget:
-        """The field, an optional grey hint under it, a hidden red error line, then ``after``."""
-        box = QWidget()
-        column = QVBoxLayout(box)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.setSpacing(2)
-        column.addWidget(widget)
-        if hint:
-            note = QLabel(hint)
-            note.setWordWrap(True)
-            note.setStyleSheet(f"color: {_colour(Tone.MUTED)}")
-            column.addWidget(note)
-        error = QLabel()
-        error.setObjectName(f"error_{key}")
-        error.setWordWrap(True)
-        error.setStyleSheet(f"color: {_colour(Tone.BAD)}")
-        error.setVisible(False)
-        column.addWidget(error)
-        if after is not None:
-            column.addWidget(after)
-        self._errors[key] = error
-        return box
+        return field_with_error(widget, key, self._errors, hint, after=after)
 
     def field_widget(self, key: str) -> QWidget:
         widgets: dict[str, QWidget] = {
@@ -697,25 +735,18 @@ class AddHostDialog(FieldErrorsMixin, QDialog):
 
     def request_body(self) -> dict[str, Any]:
         """The form as the add-host request the API also accepts."""
-        repository: dict[str, Any] = {
-            "url": self.repo_url.text(),
-            "password": self.repo_password.text(),
-        }
-        if self.backend_username.text().strip():
-            repository["username"] = self.backend_username.text().strip()
-        if self.backend_password.text():
-            repository["backend_password"] = self.backend_password.text()
+        body = host_request(
+            hostname=self.hostname.text(),
+            repo_url=self.repo_url.text(),
+            repo_password=self.repo_password.text(),
+            backend_username=self.backend_username.text(),
+            backend_password=self.backend_password.text(),
+            paths=self.paths.toPlainText(),
+            tags=self.tags.text(),
+        )
         env = self.env.values()
         if env:
-            repository["env"] = env
-        body: dict[str, Any] = {
-            "hostname": self.hostname.text().strip(),
-            "repository": repository,
-            "initial_paths": [
-                line.strip() for line in self.paths.toPlainText().splitlines() if line.strip()
-            ],
-            "tags": [t.strip() for t in self.tags.text().split(",") if t.strip()],
-        }
+            body["repository"]["env"] = env
         if self.admin_group.isChecked():
             body["admin_repository"] = {
                 "url": self.admin_url.text(),
@@ -1259,10 +1290,8 @@ class AddHostDialog(FieldErrorsMixin, QDialog):
     # -- offline bundle ------------------------------------------------------------
 
     def _offline_bundles(self) -> OfflineBundleService | None:
-        # getattr: a UiContext built without the service (older wiring, some
-        # tests) has no such field; the button then stays hidden.
-        bundles = getattr(self.ctx, "offline_bundles", None)
-        return bundles if isinstance(bundles, OfflineBundleService) else None
+        # None in a context built without the service: the button stays hidden.
+        return self.ctx.offline_bundles
 
     def open_offline_bundle(self) -> OfflineBundleDialog | None:
         bundles = self._offline_bundles()

@@ -51,7 +51,7 @@ from server_core.errors import InvalidInput, ServiceError
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import DEFAULT_GROUP, NewHost, parse_new_host
 from server_core.views import HostView, JobView
-from ui_qt.add_host import SecretField
+from ui_qt.add_host import SecretField, field_with_error
 from ui_qt.context import UiContext
 from ui_qt.formatting import duration, human_bytes
 from ui_qt.navigator import Navigator
@@ -521,24 +521,7 @@ class AddThisComputerDialog(FieldErrorsMixin, QDialog):
         return form
 
     def _with_error(self, widget: QWidget, key: str, hint: str | None = None) -> QWidget:
-        box = QWidget()
-        column = QVBoxLayout(box)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.setSpacing(2)
-        column.addWidget(widget)
-        if hint:
-            note = QLabel(hint)
-            note.setWordWrap(True)
-            note.setStyleSheet(f"color: {_colour(Tone.MUTED)}")
-            column.addWidget(note)
-        error = QLabel()
-        error.setObjectName(f"error_{key}")
-        error.setWordWrap(True)
-        error.setStyleSheet(f"color: {_colour(Tone.BAD)}")
-        error.setVisible(False)
-        column.addWidget(error)
-        self._errors[key] = error
-        return box
+        return field_with_error(widget, key, self._errors, hint, hint_colour=_colour(Tone.MUTED))
 
     def _show_error(self, key: str | None, message: str) -> None:
         if key not in self._errors:

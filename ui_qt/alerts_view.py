@@ -257,7 +257,7 @@ class AlertsView(QWidget):
             self, ctx.runner, "loading alerts", self._fetch, self._fetched, self._fetch_failed
         )
         ctx.bridge.alerts_changed.connect(self._on_alerts_changed)
-        # Alerts of a deleted host go with it; a rename changes the host column.
+        # Alerts of a deleted host go with it (the store cascades the delete).
         ctx.bridge.hosts_removed.connect(self._on_hosts_removed)
         self._update_titles()
         self._update_buttons()
@@ -276,8 +276,16 @@ class AlertsView(QWidget):
         self._dirty.update(changes)
         self.loader.request()
 
-    def _on_hosts_removed(self, _host_ids: set[int]) -> None:
-        self.reload()
+    def _on_hosts_removed(self, host_ids: set[int]) -> None:
+        if self.loader.busy:
+            # A read in flight may have seen them before the delete: read all again after it.
+            self.reload()
+            return
+        # Dropped in place: no alert event announces them, and nothing needs reading.
+        gone = [a.id for a in self.model.alerts() if a.host_id in host_ids]
+        if gone:
+            self.model.remove_ids(gone)
+            self._applied()
 
     async def _fetch(self) -> Fetched:
         full = self._want_full or not self.model.loaded() or len(self._dirty) > PARTIAL_MAX
@@ -301,10 +309,7 @@ class AlertsView(QWidget):
         views, only = result
         self.error.hide()
         self.model.apply(views, only)
-        for tab in self.tab.values():
-            tab.update_state()
-        self._update_titles()
-        self._update_buttons()
+        self._applied()
         if self._pending_select is not None:
             alert_id, self._pending_select = self._pending_select, None
             if not self._select_now(alert_id) and (only is None or alert_id not in only):
@@ -314,6 +319,13 @@ class AlertsView(QWidget):
                 self._dirty.add(alert_id)
                 self.loader.request()
         self.loaded.emit()
+
+    def _applied(self) -> None:
+        """The model took fetched or acted-on alerts: tabs, titles and buttons follow."""
+        for tab in self.tab.values():
+            tab.update_state()
+        self._update_titles()
+        self._update_buttons()
 
     def _fetch_failed(self, exc: Exception) -> None:
         self._want_full = True  # what was asked for is unknown now: read it all next time
@@ -407,10 +419,7 @@ class AlertsView(QWidget):
             self.acting = False
             # At once, not only when the bridge's echo arrives; the row moves tabs.
             self.model.apply(views, only=frozenset(ids) & {v.id for v in views})
-            for tab in self.tab.values():
-                tab.update_state()
-            self._update_titles()
-            self._update_buttons()
+            self._applied()
 
         def failed(exc: Exception) -> None:
             self.acting = False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import html
 import io
 import time
 from dataclasses import replace
@@ -682,7 +683,7 @@ class AuditView(QWidget):
             "<table cellspacing='0' cellpadding='1'>"
             + "".join(
                 f"<tr><td style='color:{GREY}; padding-right:8px'>{k}</td>"
-                f"<td><b>{_html(v)}</b></td></tr>"
+                f"<td><b>{html.escape(v, quote=False)}</b></td></tr>"
                 for k, v in rows
             )
             + "</table>"
@@ -807,10 +808,6 @@ def _write_chunk(handle: IO[str], chunk: str) -> int:
 def _discard(handle: IO[str], path: Path) -> None:
     handle.close()
     path.unlink(missing_ok=True)
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 __all__ = ["AuditView", "write_csv"]

@@ -8,6 +8,8 @@ repaints at most ~10 times a second however busy the fleet is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from server_core.events import (
@@ -156,12 +158,20 @@ class EventBridge(QObject):
             self.emitted += 1
 
 
+def alters_counts(changes: Mapping[int, str]) -> bool:
+    """Whether an ``alerts_changed`` payload may change the alert counts: a
+    re-fire (bumped) keeps the alert's status and severity."""
+    return any(transition != "bumped" for transition in changes.values())
+
+
 def _alert_transition(previous: str | None, new: str) -> str:
     """The transition to report for an alert that changed again within one interval.
 
-    The latest one wins, except that a re-fire does not hide a raise: an
-    alert raised and bumped in the same interval is still new (the tray
-    notifies new alerts only)."""
-    if previous == "raised" and new == "bumped":
-        return "raised"
+    The latest one wins, except that a re-fire never hides an earlier
+    transition: an alert raised and bumped in the same interval is still new
+    (the tray notifies new alerts only), and one acknowledged and bumped
+    still changed status (a bump alone leaves the counts as they are, so
+    listeners skip re-counting for it)."""
+    if new == "bumped" and previous is not None:
+        return previous
     return new

@@ -13,7 +13,6 @@ import html
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
@@ -47,12 +46,12 @@ from server_core.update_views import (
 )
 from server_core.views import HostView
 from ui_qt.bridge import EventBridge
+from ui_qt.host_tabs.common import guarded
 from ui_qt.tasks import AsyncRunner
 from ui_qt.widgets.colors import Tone, text_color
 
 if TYPE_CHECKING:
     from server_core.services.updates import UpdateService
-    from ui_qt.context import UiContext
 
 STATE_LABELS: dict[str, tuple[str, Tone]] = {
     PENDING: ("Waiting", Tone.MUTED),
@@ -65,13 +64,6 @@ STATE_LABELS: dict[str, tuple[str, Tone]] = {
 # Hosts the run has dealt with (a host it never reached does not count as progress).
 _DONE = (SUCCEEDED, FAILED, SKIPPED)
 COLUMNS = ("Host", "Agent version", "State", "Details")
-
-
-def update_service(ctx: UiContext) -> UpdateService | None:
-    """The context's UpdateService; None where the app has not wired one
-    (stand-in contexts of screenshot scripts and older tests)."""
-    service: UpdateService | None = getattr(ctx, "updates", None)
-    return service
 
 
 def preview_rows(hosts: list[HostView], bundled: dict[str, str]) -> list[HostUpdateView]:
@@ -192,16 +184,9 @@ class FleetUpdateDialog(QDialog):
         self._runner.run(
             self._updates.bundled_versions(),
             what="reading the bundled agent",
-            on_done=self._guard(self._bundled_loaded),
-            on_error=self._guard(self._failed),
+            on_done=guarded(self, self._bundled_loaded),
+            on_error=guarded(self, self._failed),
         )
-
-    def _guard(self, fn: Callable[..., None]) -> Callable[..., None]:
-        def call(*args: object) -> None:
-            if shiboken6.isValid(self):
-                fn(*args)
-
-        return call
 
     def _bundled_loaded(self, bundled: dict[str, str]) -> None:
         self._bundled = bundled
@@ -317,8 +302,8 @@ class FleetUpdateDialog(QDialog):
         self._runner.run(
             self._updates.update_fleet(None, OPERATOR),
             what="starting the fleet update",
-            on_done=self._guard(self._started),
-            on_error=self._guard(self._failed),
+            on_done=guarded(self, self._started),
+            on_error=guarded(self, self._failed),
         )
 
     def _started(self, run: FleetUpdateView) -> None:
@@ -333,8 +318,8 @@ class FleetUpdateDialog(QDialog):
         self._runner.run(
             self._updates.cancel(OPERATOR),
             what="cancelling the fleet update",
-            on_done=self._guard(self._started),
-            on_error=self._guard(self._failed),
+            on_done=guarded(self, self._started),
+            on_error=guarded(self, self._failed),
         )
 
     def _failed(self, exc: Exception) -> None:

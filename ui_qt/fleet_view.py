@@ -60,7 +60,7 @@ from ui_qt.fleet_model import (
     backup_failing,
     host_state,
 )
-from ui_qt.fleet_update_dialog import FleetUpdateDialog, update_service
+from ui_qt.fleet_update_dialog import FleetUpdateDialog
 from ui_qt.navigator import Navigator
 from ui_qt.pending_hosts_panel import PendingHostsPanel
 from ui_qt.widgets.colors import Tone, text_color
@@ -288,8 +288,8 @@ class FleetView(QWidget):
         return page
 
     def _build_pending_panel(self) -> PendingHostsPanel | None:
-        # UiContext.pending_hosts; a context without it (older wiring) shows no panel.
-        pending = getattr(self.ctx, "pending_hosts", None)
+        # A context built without the service shows no panel.
+        pending = self.ctx.pending_hosts
         if pending is None:
             return None
         return PendingHostsPanel(
@@ -310,12 +310,12 @@ class FleetView(QWidget):
             "one host at a time"
         )
         self.update_button.clicked.connect(self.open_fleet_update)
-        self.update_button.setVisible(update_service(self.ctx) is not None)
+        self.update_button.setVisible(self.ctx.updates is not None)
         self._update_dialog: FleetUpdateDialog | None = None
         return self.update_button
 
     def _load_bundled_versions(self) -> None:
-        updates = update_service(self.ctx)
+        updates = self.ctx.updates
         if updates is None:
             return
 
@@ -333,7 +333,7 @@ class FleetView(QWidget):
         self.update_button.setText(f"Update agents ({outdated})…" if outdated else "Update agents…")
 
     def open_fleet_update(self) -> None:
-        updates = update_service(self.ctx)
+        updates = self.ctx.updates
         if updates is None:
             return
         dialog = self._update_dialog
@@ -349,7 +349,7 @@ class FleetView(QWidget):
         dialog.activateWindow()
 
     def _update_host(self, host_id: int) -> None:
-        updates = update_service(self.ctx)
+        updates = self.ctx.updates
         if updates is None:
             return
 
@@ -821,7 +821,7 @@ class FleetView(QWidget):
         menu.addAction(copy_action)
         view = self.model.host(int(host_id))
         target = self.model.update_for(view) if view is not None else None
-        if target is not None and update_service(self.ctx) is not None:
+        if target is not None and self.ctx.updates is not None:
             update_action = QAction(f"Update agent to {target}", menu)
             update_action.triggered.connect(lambda: self._update_host(int(host_id)))
             menu.addAction(update_action)

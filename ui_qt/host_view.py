@@ -34,7 +34,6 @@ from server_core.services.context import OPERATOR
 from server_core.update_views import FAILED, UPDATING, available_update
 from server_core.views import HostView as HostRecord
 from ui_qt.context import UiContext
-from ui_qt.fleet_update_dialog import update_service
 from ui_qt.formatting import absolute_time, human_bytes, relative_time
 from ui_qt.host_tabs import (
     CredentialsTab,
@@ -73,6 +72,10 @@ PRESENCE_TIP = (
     "Laptop (intermittent): a machine that sleeps or travels — shown as asleep when "
     "offline, no offline alerts, and a backup is overdue only after a longer horizon "
     "(7 days by default). The agent catches up missed schedules when it wakes."
+)
+UPDATE_TIP = (
+    "Replace this host's agent with the version bundled with this app: it downloads "
+    "the build, keeps the previous one as restic-manager-agent.old and restarts"
 )
 REPO_STATUS = {
     "ready": ("ready", GREEN),
@@ -223,10 +226,7 @@ class HostView(QWidget):
         self.restore_button.clicked.connect(self.open_restore)
         self.update_button = QPushButton("Update agent")
         self.update_button.setObjectName("hostUpdateAgent")
-        self.update_button.setToolTip(
-            "Replace this host's agent with the version bundled with this app: it downloads "
-            "the build, keeps the previous one as restic-manager-agent.old and restarts"
-        )
+        self.update_button.setToolTip(UPDATE_TIP)
         self.update_button.clicked.connect(self.update_agent)
         self.update_button.hide()
         title.addWidget(self.update_button)
@@ -437,7 +437,7 @@ class HostView(QWidget):
     # -- agent version and update --------------------------------------------------
 
     def _watch_updates(self) -> None:
-        updates = update_service(self.ctx)
+        updates = self.ctx.updates
         if updates is None:
             return
         self.ctx.bridge.updates_changed.connect(self._on_updates_changed)
@@ -458,7 +458,7 @@ class HostView(QWidget):
             self._show_agent(self.host)
 
     def _show_agent(self, host: HostRecord) -> None:
-        updates = update_service(self.ctx)
+        updates = self.ctx.updates
         attempt = updates.host_update(self.host_id) if updates is not None else None
         target = available_update(host.os, host.arch, host.agent_version, self._bundled)
         text = html.escape(host.agent_version or "—")
@@ -481,11 +481,14 @@ class HostView(QWidget):
         self.update_button.setText(
             "Updating agent…" if updating else f"Update agent to {target}" if target else ""
         )
-        if host.status != "online" and not updating:
-            self.update_button.setToolTip("The agent must be connected to be updated")
+        # Back to the usual tip once the agent reconnects.
+        offline = host.status != "online" and not updating
+        self.update_button.setToolTip(
+            "The agent must be connected to be updated" if offline else UPDATE_TIP
+        )
 
     def update_agent(self) -> None:
-        updates = update_service(self.ctx)
+        updates = self.ctx.updates
         if updates is None or self.host is None:
             return
         self.update_button.setEnabled(False)

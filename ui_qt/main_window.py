@@ -27,6 +27,7 @@ from ui_qt.add_host import AddHostDialog
 from ui_qt.alerts_model import severity_icon, severity_label
 from ui_qt.alerts_view import AlertsView
 from ui_qt.audit_view import AuditView
+from ui_qt.bridge import alters_counts
 from ui_qt.context import UiContext
 from ui_qt.fleet_view import FleetView
 from ui_qt.host_tabs.common import SingleFlight
@@ -111,7 +112,8 @@ class MainWindow(QMainWindow):
             self._counts_failed,
         )
         ctx.bridge.alerts_changed.connect(self._alerts_changed)
-        ctx.bridge.hosts_removed.connect(self._alerts_changed)
+        # A deleted host takes its alerts along.
+        ctx.bridge.hosts_removed.connect(self._recount)
         self.counts_loader.request()
 
         split = QSplitter()
@@ -200,10 +202,16 @@ class MainWindow(QMainWindow):
 
     # -- the alerts count --------------------------------------------------------
 
-    def _alerts_changed(self, _changes: object = None) -> None:
+    def _alerts_changed(self, changes: dict[int, str]) -> None:
+        if alters_counts(changes):
+            self.counts_loader.request()
+
+    def _recount(self, _host_ids: object = None) -> None:
         self.counts_loader.request()
 
     def _counts_loaded(self, counts: AlertCounts) -> None:
+        if counts == self.alert_counts:
+            return
         self.alert_counts = counts
         self.alerts_item.setText(alerts_nav_text(counts))
         self.alerts_item.setToolTip(alerts_nav_tooltip(counts))

@@ -48,8 +48,11 @@ from ui_qt.add_host import (
     apply_plan,
     daily_cron,
     field_for_error,
+    field_with_error,
+    host_request,
     humanise,
 )
+from ui_qt.host_tabs.common import guarded
 from ui_qt.tasks import AsyncRunner
 from ui_qt.widgets.colors import Tone, text_color
 from ui_qt.widgets.field_errors import FieldErrorsMixin
@@ -227,43 +230,21 @@ class AcceptPendingDialog(FieldErrorsMixin, QDialog):
         self.repo_url.setFocus()
 
     def _with_error(self, widget: QWidget, key: str, hint: str | None = None) -> QWidget:
-        box = QWidget()
-        column = QVBoxLayout(box)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.setSpacing(2)
-        column.addWidget(widget)
-        if hint:
-            note = QLabel(hint)
-            note.setWordWrap(True)
-            note.setStyleSheet(f"color: {_colour(Tone.WARN if key == 'hostname' else Tone.MUTED)}")
-            column.addWidget(note)
-        error = QLabel()
-        error.setObjectName(f"error_{key}")
-        error.setWordWrap(True)
-        error.setStyleSheet(f"color: {_colour(Tone.BAD)}")
-        error.setVisible(False)
-        column.addWidget(error)
-        self._errors[key] = error
-        return box
+        # The hostname's hint is a warning: the name is flagged as a duplicate.
+        tone = Tone.WARN if key == "hostname" else Tone.MUTED
+        return field_with_error(widget, key, self._errors, hint, hint_colour=_colour(tone))
 
     def request_body(self) -> dict[str, Any]:
         """The form as the accept request the API also takes."""
-        repository: dict[str, Any] = {
-            "url": self.repo_url.text(),
-            "password": self.repo_password.text(),
-        }
-        if self.backend_username.text().strip():
-            repository["username"] = self.backend_username.text().strip()
-        if self.backend_password.text():
-            repository["backend_password"] = self.backend_password.text()
-        return {
-            "hostname": self.hostname.text().strip(),
-            "repository": repository,
-            "initial_paths": [
-                line.strip() for line in self.paths.toPlainText().splitlines() if line.strip()
-            ],
-            "tags": [t.strip() for t in self.tags.text().split(",") if t.strip()],
-        }
+        return host_request(
+            hostname=self.hostname.text(),
+            repo_url=self.repo_url.text(),
+            repo_password=self.repo_password.text(),
+            backend_username=self.backend_username.text(),
+            backend_password=self.backend_password.text(),
+            paths=self.paths.toPlainText(),
+            tags=self.tags.text(),
+        )
 
     def plan(self, new: NewHost) -> BackupPlan | None:
         if not self.auto_backup.isChecked() or not self.auto_backup.isVisibleTo(self):
@@ -320,8 +301,8 @@ class AcceptPendingDialog(FieldErrorsMixin, QDialog):
         self._runner.run(
             accept(),
             what=f"Accepting {self.view.hostname}",
-            on_done=self._if_alive(self._on_accepted),
-            on_error=self._if_alive(self._on_failed),
+            on_done=guarded(self, self._on_accepted),
+            on_error=guarded(self, self._on_failed),
         )
 
     def _set_busy(self, busy: bool) -> None:
@@ -343,13 +324,6 @@ class AcceptPendingDialog(FieldErrorsMixin, QDialog):
             return
         log.error("accepting a pending host failed", exc_info=exc)
         self.show_error(None, f"The host could not be accepted: {exc or type(exc).__name__}")
-
-    def _if_alive(self, fn: Any) -> Any:
-        def call(arg: Any) -> None:
-            if shiboken6.isValid(self):
-                fn(arg)
-
-        return call
 
 
 class RejectPendingDialog(QDialog):

@@ -13,9 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-import shiboken6
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
@@ -34,6 +32,7 @@ from server_core.services.schedules import ScheduleService
 from server_core.services.sources import SourceService
 from ui_qt.bridge import EventBridge
 from ui_qt.formatting import relative_time
+from ui_qt.host_tabs.common import guarded
 from ui_qt.pending_host_dialogs import (
     AcceptOutcome,
     AcceptPendingDialog,
@@ -288,8 +287,8 @@ class PendingHostsPanel(QFrame):
         self._runner.run(
             self._pending.list_pending(),
             what="Loading pending hosts",
-            on_done=self._alive(self._on_loaded),
-            on_error=self._alive(self._on_load_failed),
+            on_done=guarded(self, self._on_loaded),
+            on_error=guarded(self, self._on_load_failed),
         )
 
     def _on_hosts_changed(self, _ids: object) -> None:
@@ -411,10 +410,3 @@ class PendingHostsPanel(QFrame):
     def clear_notice(self) -> None:
         self.notice.setVisible(False)
         self._update_visibility()
-
-    def _alive(self, fn: Callable[[Any], None]) -> Callable[[Any], None]:
-        def call(arg: Any) -> None:
-            if shiboken6.isValid(self):
-                fn(arg)
-
-        return call

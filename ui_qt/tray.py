@@ -48,6 +48,7 @@ from ui_qt.alerts_model import (
     severity_label,
     severity_rank,
 )
+from ui_qt.bridge import alters_counts
 from ui_qt.context import UiContext
 from ui_qt.fleet_health import CRITICAL, OK, WARNING, FleetHealth, fleet_health
 from ui_qt.fleet_model import FleetModel
@@ -385,14 +386,15 @@ class Tray(QObject):
     def _alerts_changed(self, changes: object) -> None:
         if self._stopped or not isinstance(changes, dict):
             return
-        self.counts_loader.request()
+        if alters_counts(changes):
+            self.counts_loader.request()
         raised = {int(i) for i, t in changes.items() if t == "raised"}
         if raised:
             self._new_alerts |= raised
             self.new_alerts_loader.request()
 
     def _counts_loaded(self, counts: AlertCounts) -> None:
-        if self._stopped:
+        if self._stopped or counts == self.alert_counts:
             return
         self.alert_counts = counts
         self._apply(self.health)

@@ -12,9 +12,9 @@ import peewee as pw
 
 from server_core.crypto import SecretBox, SecretDecryptError, row_aad
 from server_core.errors import Conflict, NotFound
-from server_core.models import Alert, Host, NotificationAttempt, NotificationChannel
+from server_core.models import Alert, NotificationAttempt, NotificationChannel
 from server_core.notify.channel_config import ChannelSpec, severity_rank
-from server_core.views import AlertView, ChannelView, DeliveryView
+from server_core.views import ChannelView, DeliveryView
 
 log = logging.getLogger(__name__)
 
@@ -119,32 +119,6 @@ def save(
     row.secret_enc = box.seal_json(spec.secrets, _aad(int(row.id))) if spec.secrets else None
     row.save()
     return row
-
-
-def alert_view(alert_id: int) -> AlertView | None:
-    row = (
-        Alert.select(Alert, Host.name.alias("host_name"))
-        .join(Host, pw.JOIN.LEFT_OUTER, on=(Alert.host == Host.id))
-        .where(Alert.id == alert_id)
-        .objects()
-        .first()
-    )
-    if row is None:
-        return None
-    return AlertView(
-        id=int(row.id),
-        kind=str(row.kind),
-        severity=str(row.severity),
-        host_id=None if row.host_id is None else int(row.host_id),
-        host_name=None if row.host_name is None else str(row.host_name),
-        status=str(row.status),
-        message=str(row.message),
-        first_seen_at=float(row.first_seen_at),
-        last_seen_at=float(row.last_seen_at),
-        count=int(row.count),
-        acknowledged_at=row.acknowledged_at,
-        resolved_at=row.resolved_at,
-    )
 
 
 def channels_wanting(severity: str) -> list[int]:

@@ -173,14 +173,6 @@ def fire_in_tx(
     return AlertChanged(alert.id, host_id, "raised", severity)
 
 
-def _set_resolved_by(alert_id: int, who: str) -> None:
-    # A v3 column the model classes do not describe (models.py is frozen for
-    # this change); written here only.
-    Alert._meta.database.execute_sql(
-        "UPDATE alert SET resolved_by = ? WHERE id = ?", (who, alert_id)
-    )
-
-
 def resolve_in_tx(key: str, *, now: float, reason: str) -> AlertChanged | None:
     """Resolve the key's unresolved alert because its condition cleared."""
     alert = _unresolved(key)
@@ -189,8 +181,8 @@ def resolve_in_tx(key: str, *, now: float, reason: str) -> AlertChanged | None:
     before = alert.status
     alert.status = "resolved"
     alert.resolved_at = now
+    alert.resolved_by = "system"
     alert.save()
-    _set_resolved_by(alert.id, "system")
     audit.record(
         "system",
         "alert.resolved",
@@ -306,10 +298,12 @@ class AlertService:
             events: list[Event] = []
             for view in before:
                 values: dict[Any, Any] = {Alert.status: to}
-                values[Alert.acknowledged_at if to == "acknowledged" else Alert.resolved_at] = now
+                if to == "acknowledged":
+                    values[Alert.acknowledged_at] = now
+                else:
+                    values[Alert.resolved_at] = now
+                    values[Alert.resolved_by] = actor.kind
                 Alert.update(values).where(Alert.id == view.id).execute()
-                if to == "resolved":
-                    _set_resolved_by(view.id, actor.kind)
                 audit.record(
                     actor.kind,
                     f"alert.{to}",
@@ -633,7 +627,7 @@ class AlertEngine:
         async with self._lock:
             now = self._clock()
             outcome = await self._ctx.store.transaction(
-                self._evaluate, sorted(job_ids), sorted(host_ids), all_hosts, job_history, now
+                self._evaluate, job_ids, host_ids, all_hosts, job_history, now
             )
             self._ctx.bus.publish_all(outcome.events)
             self._arm(outcome.offline_due)
@@ -656,13 +650,17 @@ class AlertEngine:
 
     def _evaluate(
         self,
-        job_ids: list[str],
-        host_ids: list[int],
+        job_id_set: set[str],
+        host_id_set: set[int],
         all_hosts: bool,
         job_history: bool,
         now: float,
     ) -> _Outcome:
-        """One evaluation, on the store thread, inside one transaction."""
+        """One evaluation, on the store thread, inside one transaction. The
+        sets are the caller's to give away: nothing touches them meanwhile."""
+        # Sorted here, not on the loop: a replay after a week away is
+        # thousands of job ids.
+        job_ids, host_ids = sorted(job_id_set), sorted(host_id_set)
         outcome = _Outcome()
         db = Alert._meta.database
         keys: set[tuple[int, str, int | None]] = set()

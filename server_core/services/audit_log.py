@@ -63,6 +63,9 @@ def list_audit(
     target_id: str | None = None,
     since: float | None = None,
 ) -> list[AuditView]:
+    """Exact-match lookup, newest first (store thread). The reader of the old
+    ``/api/v1/audit`` route, kept for the tests that look entries up with it;
+    the API and the audit view use :func:`search_audit`."""
     query = AuditEntry.select().order_by(AuditEntry.id.desc()).limit(limit)
     if action:
         query = query.where(AuditEntry.action == action)

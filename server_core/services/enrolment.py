@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.protocol import EnrolRequest, EnrolResponse, RepoCredentials, redact_url
 from server_core import audit, credentials, maintenance_plan, tokens
+from server_core.crypto import SecretBox
 from server_core.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from server_core.events import HostChanged
 from server_core.models import EnrolmentToken, Host, SourceGroup
@@ -21,7 +22,7 @@ from server_core.services.jobs import create_job
 from server_core.views import EnrolmentTokenView
 
 TOKEN_TTL_S = 3600.0
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 DEFAULT_GROUP = "default"
 
@@ -95,7 +96,7 @@ def parse_new_host(body: Any) -> NewHost:
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
     hostname = body.get("hostname")
-    if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
+    if not isinstance(hostname, str) or not HOSTNAME_RE.match(hostname):
         raise InvalidInput(
             "'hostname' must be a host name (letters, digits, '.', '-', '_')", field="hostname"
         )
@@ -270,10 +271,8 @@ class EnrolmentService:
                     field="hostname",
                 )
             host = Host.create(name=new.hostname, created_at=now, tags=json.dumps(new.tags))
-            credentials.save(self._ctx.box, host.id, "everyday", new.repository)
+            save_credentials(self._ctx.box, host.id, new)
             maintenance_plan.ensure_row(host.id, now)
-            if new.admin_repository is not None:
-                credentials.save(self._ctx.box, host.id, "admin", new.admin_repository)
             row = EnrolmentToken.create(
                 host=host,
                 token_hash=tokens.hash_token(token),
@@ -281,20 +280,7 @@ class EnrolmentService:
                 expires_at=now + TOKEN_TTL_S,
                 initial_paths=json.dumps(new.initial_paths),
             )
-            audit.record(
-                actor.kind,
-                "host.created",
-                actor_id=actor.id,
-                target_kind="host",
-                target_id=host.id,
-                payload={
-                    "name": new.hostname,
-                    "url": redact_url(new.repository.url),
-                    "admin_slot": new.admin_repository is not None,
-                    "initial_paths": new.initial_paths,
-                    "tags": new.tags,
-                },
-            )
+            record_host_created(actor, host.id, new)
             audit.record(
                 actor.kind,
                 "enrolment_token.created",
@@ -347,27 +333,10 @@ class EnrolmentService:
             paths = json.loads(row.initial_paths)
             has_group = SourceGroup.select().where(SourceGroup.host == host.id).exists()
             if paths and not has_group:
-                group = SourceGroup.create(
-                    host=host,
-                    name=DEFAULT_GROUP,
-                    includes=json.dumps(paths),
-                    created_at=now,
-                    updated_at=now,
-                )
-                audit.record(
-                    "system",
-                    "source_group.created",
-                    target_kind="source_group",
-                    target_id=group.id,
-                    payload={"host_id": host.id, "name": DEFAULT_GROUP, "includes": paths},
-                )
-            audit.record(
-                "agent",
-                "host.enrolled",
-                actor_id=host.id,
-                target_kind="host",
-                target_id=host.id,
-                payload={
+                create_default_group(host.id, paths, now)
+            finish_enrolment(
+                host.id,
+                {
                     "reported_hostname": req.hostname,
                     "os": req.os,
                     "arch": req.arch,
@@ -375,9 +344,6 @@ class EnrolmentService:
                     "source_ip": source_ip,
                 },
             )
-            # Probe the repository at once so a wrong password or URL shows
-            # up now, not as a silent missed backup days later.
-            create_job(host.id, "init", SYSTEM)
             return EnrolResponse(host_id=host.id, bearer=bearer, hostname=host.name)
 
         outcome = await self._ctx.store.transaction(run)
@@ -417,6 +383,67 @@ def _require_host(host_id: int) -> Host:
     if host is None:
         raise NotFound(f"host {host_id} does not exist")
     return host
+
+
+# Store-thread pieces shared by the two ways a host comes in: a token it
+# redeems (above) and an announce the operator accepts (pending_hosts.py).
+
+
+def save_credentials(box: SecretBox, host_id: int, new: NewHost) -> None:
+    credentials.save(box, host_id, "everyday", new.repository)
+    if new.admin_repository is not None:
+        credentials.save(box, host_id, "admin", new.admin_repository)
+
+
+def record_host_created(actor: Actor, host_id: int, new: NewHost, **extra: Any) -> None:
+    audit.record(
+        actor.kind,
+        "host.created",
+        actor_id=actor.id,
+        target_kind="host",
+        target_id=host_id,
+        payload={
+            "name": new.hostname,
+            "url": redact_url(new.repository.url),
+            "admin_slot": new.admin_repository is not None,
+            "initial_paths": new.initial_paths,
+            "tags": new.tags,
+            **extra,
+        },
+    )
+
+
+def create_default_group(host_id: int, paths: list[str], now: float) -> None:
+    """The source group the initial paths of Add host become."""
+    group = SourceGroup.create(
+        host=host_id,
+        name=DEFAULT_GROUP,
+        includes=json.dumps(paths),
+        created_at=now,
+        updated_at=now,
+    )
+    audit.record(
+        "system",
+        "source_group.created",
+        target_kind="source_group",
+        target_id=group.id,
+        payload={"host_id": host_id, "name": DEFAULT_GROUP, "includes": paths},
+    )
+
+
+def finish_enrolment(host_id: int, payload: dict[str, Any]) -> None:
+    """Audit the agent's enrolment and probe its repository."""
+    audit.record(
+        "agent",
+        "host.enrolled",
+        actor_id=host_id,
+        target_kind="host",
+        target_id=host_id,
+        payload=payload,
+    )
+    # Probe the repository at once so a wrong password or URL shows
+    # up now, not as a silent missed backup days later.
+    create_job(host_id, "init", SYSTEM)
 
 
 WINDOWS_CONFIG = r"$env:ProgramData\restic-manager-agent\config.toml"

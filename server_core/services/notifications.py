@@ -35,6 +35,7 @@ from server_core.notify.channel_config import (
 from server_core.notify.delivery import ChannelQueues, Delivery, Outcome
 from server_core.notify.message import synthetic_alert
 from server_core.notify.senders import Senders, SendResult
+from server_core.services.alerts import views_by_id
 from server_core.services.context import Actor, ServiceContext
 from server_core.views import AlertView, ChannelView, DeliveryView, TestResult
 
@@ -369,10 +370,10 @@ class NotificationService:
 
 
 def _targets(event: AlertChanged) -> tuple[AlertView | None, list[int]]:
-    alert = records.alert_view(event.alert_id)
-    if alert is None:
+    found = views_by_id([event.alert_id])
+    if not found:
         return None, []
-    return alert, records.channels_wanting(event.severity)
+    return found[0], records.channels_wanting(event.severity)
 
 
 def _audit_shape(spec: ChannelSpec) -> dict[str, Any]:

@@ -48,18 +48,24 @@ from agent.protocol import (
     announce_signed_bytes,
     b64decode_exact,
     key_fingerprint,
-    redact_url,
     version_error,
 )
-from server_core import audit, credentials, maintenance_plan, tokens
+from server_core import audit, maintenance_plan, tokens
 from server_core.audit import ActorKind
 from server_core.errors import Conflict, InvalidInput, NotFound
 from server_core.events import HostChanged, PendingHostsChanged
-from server_core.models import Host, PendingHost, SourceGroup
+from server_core.models import Host, PendingHost
 from server_core.rate_limit import Decision, TokenBucketLimiter
-from server_core.services.context import SYSTEM, Actor, ServiceContext
-from server_core.services.enrolment import DEFAULT_GROUP, NewHost, parse_new_host
-from server_core.services.jobs import create_job
+from server_core.services.context import Actor, ServiceContext
+from server_core.services.enrolment import (
+    HOSTNAME_RE,
+    NewHost,
+    create_default_group,
+    finish_enrolment,
+    parse_new_host,
+    record_host_created,
+    save_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +80,6 @@ ACK_TIMEOUT_S = 10.0
 AUDIT_THROTTLE_S = 60.0
 MAX_REASON = 500
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _WORD = re.compile(r"^[A-Za-z0-9._+~-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -187,7 +192,7 @@ def check_announce(announce: Announce) -> CheckedAnnounce:
     if mismatch is not None:
         raise ProtocolError(mismatch.message, code=mismatch.code)
     key = b64decode_exact(announce.public_key, ED25519_PUBLIC_KEY_BYTES, "public_key")
-    if not _HOSTNAME.match(announce.hostname):
+    if not HOSTNAME_RE.match(announce.hostname):
         raise ProtocolError(
             f"hostname {announce.hostname[:80]!r} is not a host name (letters, digits, '.', "
             "'-', '_'); run announce with --hostname NAME"
@@ -599,27 +604,12 @@ class PendingHostService:
                 schedule_version=1,
             )
             host_id = int(host.id)
-            credentials.save(self._ctx.box, host_id, "everyday", new.repository)
-            if new.admin_repository is not None:
-                credentials.save(self._ctx.box, host_id, "admin", new.admin_repository)
+            save_credentials(self._ctx.box, host_id, new)
             maintenance_plan.ensure_row(host_id, now)
             row.status = "accepted"
             row.save()
-            audit.record(
-                actor.kind,
-                "host.created",
-                actor_id=actor.id,
-                target_kind="host",
-                target_id=host_id,
-                payload={
-                    "name": new.hostname,
-                    "url": redact_url(new.repository.url),
-                    "admin_slot": new.admin_repository is not None,
-                    "initial_paths": new.initial_paths,
-                    "tags": new.tags,
-                    "via": "announce",
-                    "fingerprint": session.fingerprint,
-                },
+            record_host_created(
+                actor, host_id, new, via="announce", fingerprint=session.fingerprint
             )
             audit.record(
                 actor.kind,
@@ -636,31 +626,10 @@ class PendingHostService:
                 },
             )
             if new.initial_paths:
-                group = SourceGroup.create(
-                    host=host_id,
-                    name=DEFAULT_GROUP,
-                    includes=json.dumps(new.initial_paths),
-                    created_at=now,
-                    updated_at=now,
-                )
-                audit.record(
-                    "system",
-                    "source_group.created",
-                    target_kind="source_group",
-                    target_id=group.id,
-                    payload={
-                        "host_id": host_id,
-                        "name": DEFAULT_GROUP,
-                        "includes": new.initial_paths,
-                    },
-                )
-            audit.record(
-                "agent",
-                "host.enrolled",
-                actor_id=host_id,
-                target_kind="host",
-                target_id=host_id,
-                payload={
+                create_default_group(host_id, new.initial_paths, now)
+            finish_enrolment(
+                host_id,
+                {
                     "reported_hostname": row.hostname,
                     "os": row.os,
                     "arch": row.arch,
@@ -670,8 +639,6 @@ class PendingHostService:
                     "via": "announce",
                 },
             )
-            # Probe the repository at once, as token enrolment does.
-            create_job(host_id, "init", SYSTEM)
             return host_id
 
         host_id = await self._ctx.store.transaction(run)

@@ -111,7 +111,6 @@ class _Attempt:
     poke: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     saw_offline: bool = False
-    task: asyncio.Task[None] | None = None
 
     def view(self) -> HostUpdateView:
         return HostUpdateView(
@@ -357,7 +356,7 @@ class UpdateService:
         self._attempts[host_id] = attempt
         self._by_job[job_id] = attempt
         # Watching before sending: the agent's first events must find the attempt.
-        attempt.task = self._spawn(self._watch(attempt), f"agent-update-{host_id}")
+        self._spawn(self._watch(attempt), f"agent-update-{host_id}")
         query = urlencode({"os": build.os, "arch": build.arch})
         command = CommandUpdate(
             job_id=job_id, version=build.version, url=f"{BINARY_PATH}?{query}", sha256=sha256
@@ -605,7 +604,7 @@ class UpdateService:
         if run is None or run.state != RUNNING:
             raise Conflict("no fleet update is running")
         if not run.cancel.is_set():
-            under_way = run.current if run.current is not None else None
+            under_way = run.current
 
             def record() -> None:
                 audit.record(

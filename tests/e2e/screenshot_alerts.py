@@ -43,7 +43,6 @@ if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import aiohttp
-import qasync
 from PySide6.QtCore import QItemSelectionModel, QPoint, QRect
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
@@ -54,7 +53,7 @@ from server_core.control_plane import ControlPlane
 from server_core.services.alerts import AlertService
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
-from tests.helpers.embedded_ui import embedded_ui
+from tests.helpers.embedded_ui import run_with_embedded_ui
 from tests.helpers.fake_agent import FakeAgent, enrol, pinned
 from ui_qt.alerts_model import ACKNOWLEDGED, OPEN, RESOLVED
 from ui_qt.alerts_view import AlertsView
@@ -420,21 +419,8 @@ async def render(path_dir: str | Path, ui: UiContext, cp: ControlPlane | None = 
     return shots
 
 
-async def _standalone(path_dir: Path) -> list[Path]:
-    async with embedded_ui() as env:
-        return await render(path_dir, env.ui, env.cp)
-
-
 def render_standalone(path_dir: str | Path) -> list[Path]:
-    app = QApplication.instance() or QApplication([])
-    assert isinstance(app, QApplication)
-    loop = qasync.QEventLoop(app)
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(_standalone(Path(path_dir)))
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    return run_with_embedded_ui(lambda env: render(Path(path_dir), env.ui, env.cp))
 
 
 if __name__ == "__main__":

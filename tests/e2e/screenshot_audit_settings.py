@@ -29,7 +29,6 @@ from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import qasync
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from PySide6.QtCore import Qt
@@ -39,7 +38,7 @@ from server_core import audit
 from server_core.control_plane import ControlPlane
 from server_core.services.context import OPERATOR, Actor
 from server_core.services.enrolment import parse_new_host
-from tests.helpers.embedded_ui import embedded_ui
+from tests.helpers.embedded_ui import run_with_embedded_ui
 from ui_qt.audit_view import AuditView
 from ui_qt.context import UiContext
 from ui_qt.settings import SettingsView
@@ -293,22 +292,12 @@ async def render_with(cp: ControlPlane, ui: UiContext, out: Path) -> list[Path]:
     return paths
 
 
-async def _main(out: Path) -> list[Path]:
-    async with embedded_ui(prefix="rm-shots-") as env:
-        return await render_with(env.cp, env.ui, out)
-
-
 def render(path_dir: str | Path) -> list[Path]:
     """Write the audit and settings screenshots into ``path_dir``; returns the files."""
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
     app.setQuitOnLastWindowClosed(False)
-    loop = qasync.QEventLoop(app)
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(_main(Path(path_dir)))
-    finally:
-        loop.close()
+    return run_with_embedded_ui(lambda env: render_with(env.cp, env.ui, Path(path_dir)))
 
 
 if __name__ == "__main__":

@@ -35,13 +35,12 @@ if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import aiohttp
-import qasync
 from PySide6.QtWidgets import QApplication, QWidget
 
 from agent import protocol as p
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
-from tests.helpers.embedded_ui import embedded_ui
+from tests.helpers.embedded_ui import run_with_embedded_ui
 from tests.helpers.fake_agent import FakeAgent, enrol, pinned
 from ui_qt.context import UiContext
 from ui_qt.host_view import HostView
@@ -350,21 +349,8 @@ async def render(path_dir: str | Path, ui: UiContext) -> list[Path]:
     return shots
 
 
-async def _standalone(path_dir: Path) -> list[Path]:
-    async with embedded_ui() as env:
-        return await render(path_dir, env.ui)
-
-
 def render_standalone(path_dir: str | Path) -> list[Path]:
-    app = QApplication.instance() or QApplication([])
-    assert isinstance(app, QApplication)
-    loop = qasync.QEventLoop(app)
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(_standalone(Path(path_dir)))
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    return run_with_embedded_ui(lambda env: render(Path(path_dir), env.ui))
 
 
 if __name__ == "__main__":

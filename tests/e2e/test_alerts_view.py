@@ -6,9 +6,8 @@ AlertService; the view follows through the event bridge like in the app.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,61 +18,16 @@ from PySide6.QtWidgets import QMessageBox
 from server_core.control_plane import ControlPlane
 from server_core.services.audit_log import list_audit
 from server_core.services.context import OPERATOR
-from server_core.services.enrolment import parse_new_host
+from tests.helpers.gui import RecordingNavigator, add_host, until
 from ui_qt.alerts_model import ACKNOWLEDGED, OPEN, RESOLVED, Column
 from ui_qt.alerts_view import AlertsView
 from ui_qt.context import UiContext
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll on the running (qasync) loop; never qtbot.waitUntil in async tests."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
-
-
-class FakeNavigator:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-
-    def show_fleet(self) -> None:
-        self.calls.append(("show_fleet", None))
-
-    def open_host(self, host_id: int) -> None:
-        self.calls.append(("open_host", host_id))
-
-    def open_job(self, job_id: str) -> None:
-        self.calls.append(("open_job", job_id))
-
-    def add_host(self) -> None: ...
-
-    def show_alerts(self, alert_id: int | None = None) -> None:
-        self.calls.append(("show_alerts", alert_id))
-
-    def show_audit(self) -> None: ...
-
-    def show_settings(self) -> None: ...
-
-
-async def add_host(cp: ControlPlane, name: str) -> int:
-    new = parse_new_host(
-        {
-            "hostname": name,
-            "repository": {"url": f"/srv/restic/{name}", "password": "hunter2hunter2"},
-            "initial_paths": ["/etc"],
-        }
-    )
-    return (await cp.enrolment.add_host(new, OPERATOR)).host_id
-
-
 @pytest.fixture
-async def view(ui: UiContext, qtbot: Any) -> AsyncIterator[tuple[AlertsView, FakeNavigator]]:
-    nav = FakeNavigator()
-    v = AlertsView(ui, nav)  # type: ignore[arg-type]
+async def view(ui: UiContext, qtbot: Any) -> AsyncIterator[tuple[AlertsView, RecordingNavigator]]:
+    nav = RecordingNavigator()
+    v = AlertsView(ui, nav)
     qtbot.addWidget(v)
     v.resize(1100, 600)
     v.show()
@@ -106,7 +60,7 @@ def tab_titles(v: AlertsView) -> list[str]:
     return [v.tabs.tabText(i) for i in range(v.tabs.count())]
 
 
-async def test_empty_tabs_each_say_why(view: tuple[AlertsView, FakeNavigator]) -> None:
+async def test_empty_tabs_each_say_why(view: tuple[AlertsView, RecordingNavigator]) -> None:
     v, _nav = view
     assert tab_titles(v) == ["Open (0)", "Acknowledged (0)", "Resolved"]
     texts = {}
@@ -122,7 +76,7 @@ async def test_empty_tabs_each_say_why(view: tuple[AlertsView, FakeNavigator]) -
 
 
 async def test_alerts_arrive_live_and_a_refire_updates_the_row_in_place(
-    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, FakeNavigator]
+    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, RecordingNavigator]
 ) -> None:
     v, _nav = view
     web = await add_host(control_plane, "web1")
@@ -155,7 +109,7 @@ async def test_alerts_arrive_live_and_a_refire_updates_the_row_in_place(
 
 
 async def test_multi_select_acknowledge_then_resolve(
-    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, FakeNavigator]
+    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, RecordingNavigator]
 ) -> None:
     v, _nav = view
     web = await add_host(control_plane, "web1")
@@ -191,7 +145,7 @@ async def test_multi_select_acknowledge_then_resolve(
 
 
 async def test_a_failed_action_shows_an_error_and_rereads(
-    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, FakeNavigator]
+    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, RecordingNavigator]
 ) -> None:
     v, _nav = view
     web = await add_host(control_plane, "web1")
@@ -214,8 +168,35 @@ async def test_a_failed_action_shows_an_error_and_rereads(
     assert v.ids_in(OPEN) == []
 
 
+async def test_deleting_a_host_drops_its_alerts_in_place(
+    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, RecordingNavigator]
+) -> None:
+    v, _nav = view
+    web = await add_host(control_plane, "web1")
+    db = await add_host(control_plane, "db1")
+    await ui.alerts.fire("backup_failed", web, "Backup failed", key_suffix=1)
+    kept = await ui.alerts.fire("agent_offline", db, "db1 has not been seen for 2 min")
+    old = await ui.alerts.fire("check_failed", web, "Check failed: pack 3f2a is damaged")
+    await ui.alerts.resolve([old.id], OPERATOR)
+    await until(
+        lambda: len(v.ids_in(OPEN)) == 2 and v.ids_in(RESOLVED) == [old.id], what="the alerts"
+    )
+    await until(lambda: not v.loader.busy, what="the reads to finish")
+    fetches = v.loader.fetches
+    resets: list[bool] = []
+    v.model.modelReset.connect(lambda: resets.append(True))
+
+    await control_plane.hosts.delete_host(web, OPERATOR)
+    await until(lambda: v.ids_in(OPEN) == [kept.id], what="web1's alerts gone")
+    assert v.ids_in(RESOLVED) == []
+    assert tab_titles(v) == ["Open (1)", "Acknowledged (0)", "Resolved"]
+    assert [a.id for a in await ui.alerts.list_alerts(status=None)] == [kept.id]
+    # Dropped from the rows the view holds: no read, no reset.
+    assert v.loader.fetches == fetches and resets == []
+
+
 async def test_select_alert_opens_its_tab_and_double_click_opens_the_host(
-    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, FakeNavigator]
+    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, RecordingNavigator]
 ) -> None:
     v, nav = view
     web = await add_host(control_plane, "web1")
@@ -243,7 +224,7 @@ async def test_select_alert_opens_its_tab_and_double_click_opens_the_host(
 
 
 async def test_relative_times_tick(
-    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, FakeNavigator]
+    control_plane: ControlPlane, ui: UiContext, view: tuple[AlertsView, RecordingNavigator]
 ) -> None:
     v, _nav = view
     web = await add_host(control_plane, "web1")

@@ -11,8 +11,7 @@ import asyncio
 import csv
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +24,12 @@ from server_core import audit
 from server_core.control_plane import ControlPlane
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
+from tests.helpers.gui import RecordingNavigator, until
 from ui_qt.audit_model import ENTRY_ROLE, Column
 from ui_qt.audit_view import AuditView
 from ui_qt.context import UiContext
 
 NOW = time.time()
-
-
-@dataclass
-class FakeNavigator:
-    hosts: list[int] = field(default_factory=list)
-    jobs: list[str] = field(default_factory=list)
-
-    def show_fleet(self) -> None:
-        pass
-
-    def open_host(self, host_id: int) -> None:
-        self.hosts.append(host_id)
-
-    def open_job(self, job_id: str) -> None:
-        self.jobs.append(job_id)
-
-    def add_host(self) -> None:
-        pass
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 async def settled(view: AuditView) -> None:
@@ -144,8 +115,8 @@ async def views(ui: UiContext) -> AsyncIterator[list[AuditView]]:
 
 async def open_view(
     ui: UiContext, qtbot, views: list[AuditView], **kwargs: Any
-) -> tuple[AuditView, FakeNavigator]:
-    nav = FakeNavigator()
+) -> tuple[AuditView, RecordingNavigator]:
+    nav = RecordingNavigator()
     view = AuditView(ui, nav, **kwargs)
     qtbot.addWidget(view)
     views.append(view)
@@ -326,10 +297,10 @@ async def test_double_click_opens_the_host_or_job_an_entry_names(qtbot, ui, cont
     assert view.open_target_button.isVisible()
     assert view.open_target_button.text() == "Open host 2"
     view.table.doubleClicked.emit(view.proxy.index(by_action["host.tags_updated"], 0))
-    assert nav.hosts == [2]
+    assert nav.calls == [("open_host", 2)]
     view.table.selectRow(by_action["job.finished"])
     qtbot.mouseClick(view.open_target_button, Qt.MouseButton.LeftButton)
-    assert nav.jobs == ["j-1"]
+    assert nav.calls[1:] == [("open_job", "j-1")]
     view.table.selectRow(by_action["alert.raised"])
     assert not view.open_target_button.isVisible()
 

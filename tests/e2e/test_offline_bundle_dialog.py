@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,9 +58,16 @@ def click_create(bundle: OfflineBundleDialog) -> None:
 
 
 @pytest.mark.skipif(not AGENT.is_file(), reason="no built agent: run packaging/build.py agent")
-async def test_a_bundle_from_the_add_host_page_replaces_the_shown_token(ui, qtbot, tmp_path):
+async def test_a_bundle_from_the_add_host_page_replaces_the_shown_token(
+    ui, control_plane, qtbot, tmp_path
+):
     restic = RESTIC_BINARIES.get("0.18")
     assert restic, "restic 0.18 is not installed: run `make bootstrap`"
+    # The e2e control plane bundles no build by default: give it this machine's.
+    agents = control_plane.downloads.agents_dir
+    agents.mkdir(parents=True, exist_ok=True)
+    for built in (AGENT, AGENT.with_name(AGENT.name + ".json")):
+        shutil.copy2(built, agents / built.name)
     dialog = await added_host(ui, qtbot, tmp_path)
     first = dialog.grant
     assert first is not None

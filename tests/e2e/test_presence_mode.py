@@ -4,9 +4,6 @@ plane, real HostService, a protocol-speaking fake agent."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -19,36 +16,11 @@ from server_core.services.audit_log import list_audit
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
 from tests.helpers.fake_agent import FakeAgent, enrol
+from tests.helpers.gui import RecordingNavigator, until
 from ui_qt.context import UiContext
 from ui_qt.fleet_model import Column
 from ui_qt.fleet_view import FleetView
 from ui_qt.host_view import HostView
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
-
-
-class FakeNavigator:
-    def show_fleet(self) -> None: ...
-
-    def open_host(self, host_id: int) -> None: ...
-
-    def open_job(self, job_id: str) -> None: ...
-
-    def add_host(self) -> None: ...
-
-    def show_alerts(self, alert_id: int | None = None) -> None: ...
-
-    def show_audit(self) -> None: ...
-
-    def show_settings(self) -> None: ...
 
 
 async def connect_agent(
@@ -88,8 +60,8 @@ async def test_presence_combo_switches_the_mode_and_an_offline_laptop_is_asleep(
 async def check_presence(
     control_plane: ControlPlane, ui: UiContext, qtbot: Any, host_id: int, agent: FakeAgent
 ) -> None:
-    view = HostView(ui, FakeNavigator(), host_id)  # type: ignore[arg-type]
-    fleet = FleetView(ui, FakeNavigator())  # type: ignore[arg-type]
+    view = HostView(ui, RecordingNavigator(), host_id)
+    fleet = FleetView(ui, RecordingNavigator())
     qtbot.addWidget(view)
     qtbot.addWidget(fleet)
     view.show()

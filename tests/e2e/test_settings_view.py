@@ -9,19 +9,19 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import shiboken6
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QCheckBox, QLineEdit, QMessageBox, QWidget
 
 from server_core.services.context import OPERATOR
+from tests.helpers.notify_sinks import MailSink, smtp_sink
 from ui_qt.context import UiContext
 from ui_qt.settings import SettingsView
 from ui_qt.settings.channel_dialog import ChannelDialog, recipients
@@ -74,35 +74,10 @@ async def sink() -> AsyncIterator[Sink]:
         await runner.cleanup()
 
 
-class _Mailbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], str]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(
-            (envelope.mail_from, list(envelope.rcpt_tos), envelope.content.decode())
-        )
-        return "250 Message accepted for delivery"
-
-
-class _Port0Controller(Controller):  # type: ignore[misc]
-    """aiosmtpd's Controller connects to its own port once started: learn the
-    port the OS picked before it does."""
-
-    def _trigger_server(self) -> None:
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
-
-
 @pytest.fixture
-def smtp_server() -> Any:
-    handler = _Mailbox()
-    controller = _Port0Controller(handler, hostname="127.0.0.1", port=0)
-    controller.start()
-    try:
-        yield controller, handler
-    finally:
-        controller.stop()
+def smtp_server() -> Iterator[tuple[MailSink, int]]:
+    with smtp_sink() as server:
+        yield server
 
 
 def dead_port() -> int:
@@ -242,7 +217,7 @@ async def test_inline_errors_at_the_field_the_service_names(qtbot, ui, settings_
 async def test_smtp_channel_sends_a_real_mail_and_the_port_follows_security(
     qtbot, ui, settings_view, smtp_server
 ):
-    controller, mailbox = smtp_server
+    mailbox, smtp_port = smtp_server
     dialog = settings_view.notifications.add_channel()
     dialog.kind.setCurrentIndex(dialog.kind.findData("smtp"))
     assert dialog.port.value() == 587
@@ -250,9 +225,9 @@ async def test_smtp_channel_sends_a_real_mail_and_the_port_follows_security(
     assert dialog.port.value() == 465
     dialog.security.setCurrentIndex(dialog.security.findData("none"))
     assert dialog.port.value() == 25
-    dialog.port.setValue(controller.port)
+    dialog.port.setValue(smtp_port)
     dialog.security.setCurrentIndex(dialog.security.findData("starttls"))
-    assert dialog.port.value() == controller.port  # chosen by hand: kept
+    assert dialog.port.value() == smtp_port  # chosen by hand: kept
     dialog.security.setCurrentIndex(dialog.security.findData("none"))
     qtbot.keyClicks(dialog.name, "Mail")
     qtbot.keyClicks(dialog.smtp_host, "127.0.0.1")
@@ -263,10 +238,10 @@ async def test_smtp_channel_sends_a_real_mail_and_the_port_follows_security(
     await until(lambda: dialog.test_result is not None, "the SMTP test", timeout=15)
     assert dialog.test_result.ok, dialog.test_text()
     assert dialog.test_text().startswith("✓ 250")
-    [(sender, rcpts, content)] = mailbox.messages
-    assert sender == "backups@example.org"
-    assert rcpts == ["ops@example.org", "oncall@example.org"]
-    assert "Subject: [restic-manager]" in content
+    [mail] = mailbox.mails
+    assert mail.mail_from == "backups@example.org"
+    assert mail.rcpt_tos == ["ops@example.org", "oncall@example.org"]
+    assert "Subject: [restic-manager]" in mail.content.decode()
     dialog.reject()
 
 

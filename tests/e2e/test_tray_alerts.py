@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,38 +20,12 @@ from server_core.control_plane import ControlPlane
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
 from tests.helpers.fake_agent import FakeAgent, enrol
+from tests.helpers.gui import StandInWindow, add_host, until
 from ui_qt.alerts_model import OPEN
 from ui_qt.context import UiContext
 from ui_qt.fleet_health import CRITICAL, OK, WARNING
 from ui_qt.main_window import MainWindow
 from ui_qt.tray import Tray
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
-
-
-class StandInWindow:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-
-    def bring_to_front(self) -> None:
-        self.calls.append(("bring_to_front", None))
-
-    def open_host(self, host_id: int) -> None:
-        self.calls.append(("open_host", host_id))
-
-    def show_alerts(self, alert_id: int | None = None) -> None:
-        self.calls.append(("show_alerts", alert_id))
-
-    def quit_app(self) -> None:
-        self.calls.append(("quit_app", None))
 
 
 async def settle(cp: ControlPlane, host_id: int) -> None:
@@ -64,21 +38,10 @@ async def settle(cp: ControlPlane, host_id: int) -> None:
     await asyncio.sleep(0.2)
 
 
-async def add_host(cp: ControlPlane, name: str) -> int:
-    new = parse_new_host(
-        {
-            "hostname": name,
-            "repository": {"url": f"/srv/restic/{name}", "password": "hunter2hunter2"},
-            "initial_paths": ["/etc"],
-        }
-    )
-    return (await cp.enrolment.add_host(new, OPERATOR)).host_id
-
-
 @pytest.fixture
 async def tray(ui: UiContext) -> AsyncIterator[tuple[Tray, StandInWindow]]:
     window = StandInWindow()
-    t = Tray(ui, window)  # type: ignore[arg-type]
+    t = Tray(ui, window)
     t.start()
     try:
         await until(lambda: t.alert_counts is not None, what="the first count")
@@ -114,11 +77,14 @@ async def test_one_notification_per_new_alert_and_none_for_a_refire(
     assert t.alerts_action.text() == "1 open alert"
     assert t.icon.toolTip().endswith("\n1 open alert")
 
-    # Re-fired: count bumped, nothing new to tell.
+    # Re-fired: count bumped, nothing new to tell, and nothing to count again.
+    await until(lambda: not t.counts_loader.busy, what="the count to settle")
+    counted = t.counts_loader.fetches
     for _ in range(3):
         await ui.alerts.fire("backup_failed", web, "failed again", key_suffix=1)
     await asyncio.sleep(0.5)
     assert len(t.notifications) == 1
+    assert t.counts_loader.fetches == counted
 
     # Clicking the notification opens the Alerts view on that alert.
     t.message_clicked()

@@ -70,7 +70,8 @@ NON_ASCII_NUMBERS = [
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): api_common.int_param/query_int and the repo-stats 'days' check use "
+        "BUG (RELIABILITY.md, bug 1): "
+        "api_common.int_param/query_int and the repo-stats 'days' check use "
         "str.isdigit(), true for '²', which int() then refuses: ValueError, a 500"
     ),
 )
@@ -98,7 +99,8 @@ SURROGATE_BODIES = [
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): api_common.read_body accepts JSON strings with unpaired surrogates; "
+        "BUG (RELIABILITY.md, bug 2): "
+        "api_common.read_body accepts JSON strings with unpaired surrogates; "
         "storing them raises UnicodeEncodeError deep in a service: a 500"
     ),
 )
@@ -112,7 +114,8 @@ def test_text_that_is_not_unicode_is_refused_not_a_500(
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): services/updates._clean_ids checks host ids for >= 1 only; one beyond "
+        "BUG (RELIABILITY.md, bug 4): "
+        "services/updates._clean_ids checks host ids for >= 1 only; one beyond "
         "2**63-1 reaches SQLite: OverflowError, a 500"
     ),
 )
@@ -124,7 +127,8 @@ def test_a_fleet_update_with_a_host_id_beyond_64_bits_is_refused(api: Api) -> No
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12, minor): credentials.parse_repository reads 'env' with `or {}`, so "
+        "BUG (RELIABILITY.md, bug 5, minor): "
+        "credentials.parse_repository reads 'env' with `or {}`, so "
         "false, 0 and \"\" pass as 'no variables' instead of being refused as not an object"
     ),
 )

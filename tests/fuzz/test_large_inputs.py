@@ -276,7 +276,8 @@ FLOOD_FRAMES = int(300 * SCALE) if SCALE > 1 else 300
     SCALE > 1,
     strict=True,
     reason=(
-        "BUG (H12): glibc raises its mmap threshold after the first large free, so the "
+        "BUG (RELIABILITY.md, bug 8): "
+        "glibc raises its mmap threshold after the first large free, so the "
         "server's 256 KiB-1 MiB frame buffers are then carved from the heap, which fragments: "
         "at `make fuzz` size (6,000 frames, 4.5 GB) RSS grew by 2.7 GiB and stayed; with "
         "MALLOC_MMAP_THRESHOLD_=131072 the same flood grows it by 48 MiB"
@@ -446,7 +447,8 @@ async def test_agent_10_mb_hook_line_and_1000_include_paths(
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): agent/jobs.py batches log lines by their raw size (256 KiB), but JSON "
+        "BUG (RELIABILITY.md, bug 10): "
+        "agent/jobs.py batches log lines by their raw size (256 KiB), but JSON "
         "escapes a control character as \\u00XX (6 bytes): a hook or restic printing "
         "control bytes makes a job.log frame over 1 MiB, which client.py then drops from "
         "the outbox as 'cannot be sent' — those log lines are lost"

@@ -145,7 +145,8 @@ def test_deep_nesting_is_refused_quickly(depth: int) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): decode accepts strings with lone surrogates ('\\ud800' escapes); the "
+        "BUG (RELIABILITY.md, bug 3): "
+        "decode accepts strings with lone surrogates ('\\ud800' escapes); the "
         "result cannot be encoded again (UnicodeEncodeError, not ProtocolError) nor stored in "
         "SQLite, so a hello carrying one kills the connection handler with a traceback"
     ),

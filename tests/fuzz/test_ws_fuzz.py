@@ -248,7 +248,8 @@ def test_a_flood_does_not_starve_another_agent(fleet: Fleet, figures: Figures, k
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): a hello whose os/arch/agent_version holds a lone surrogate ('\\ud800') "
+        "BUG (RELIABILITY.md, bug 3): "
+        "a hello whose os/arch/agent_version holds a lone surrogate ('\\ud800') "
         "passes decode, then host.save() raises UnicodeEncodeError: the handler dies with a "
         "traceback ('internal error in the control plane') instead of a bad_frame error"
     ),
@@ -297,7 +298,8 @@ def test_a_hello_with_a_lone_surrogate_gets_a_bad_frame_error(fleet: Fleet) -> N
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): the protocol's cap is 'at most MAX_FRAME_BYTES' (encode() and parse_frame "
+        "BUG (RELIABILITY.md, bug 9): "
+        "the protocol's cap is 'at most MAX_FRAME_BYTES' (encode() and parse_frame "
         "accept exactly 1 MiB) but the WebSocketResponse is built with "
         "max_msg_size=MAX_FRAME_BYTES, and aiohttp refuses payloads >= max_msg_size: a frame of "
         "exactly 1 MiB gets the connection dropped (no error envelope); an agent event of that "
@@ -338,7 +340,8 @@ def test_a_frame_of_exactly_the_cap_is_answered_not_dropped(fleet: Fleet) -> Non
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): an agent that drops its TCP connection right after a bad frame makes the "
+        "BUG (RELIABILITY.md, bug 6): "
+        "an agent that drops its TCP connection right after a bad frame makes the "
         "server's bad_frame reply raise ClientConnectionResetError inside _serve; it escapes to "
         "websocket()'s catch-all, which logs a traceback ('agent connection of host N failed') "
         "and records the host as gone offline for an 'internal error'"
@@ -381,7 +384,8 @@ def test_agents_that_vanish_mid_conversation_leave_no_traceback(fleet: Fleet) ->
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BUG (H12): schedule.ack is applied whatever the version: an agent can claim a plan "
+        "BUG (RELIABILITY.md, bug 7): "
+        "schedule.ack is applied whatever the version: an agent can claim a plan "
         "version the control plane never sent (the UI then says 'agent in sync'), and acks "
         "flipping between two versions write one audit row each (1999 rows for a 2000-frame "
         "flood)"

@@ -44,11 +44,9 @@ async def announce_server(data_dir: Path, **service: Any) -> AsyncIterator[Annou
         )
     )
     await cp.start()
-    # Once the control plane runs its own service, this test's service is the
-    # only one expiring requests: stop the other's sweeper.
-    own = getattr(cp, "pending_hosts", None)
-    if isinstance(own, PendingHostService):
-        await own.stop()
+    # This test's service is the only one expiring requests: stop the control
+    # plane's own sweeper.
+    await cp.pending_hosts.stop()
     pending = PendingHostService(cp.ctx, cert_sha256=cp.certificate.sha256, **service)
     pending.start()
     listener = AgentListener(

@@ -30,9 +30,13 @@ class Post:
 
 @dataclass
 class HttpSink:
-    """Answers 204 to everything and keeps what it was sent."""
+    """Keeps every request it is sent; answers 500 to the first ``fail_first``
+    (with a body echoing a secret, which must never reach the operator), then
+    ``status`` (a 3xx one with a Location elsewhere)."""
 
     posts: list[Post] = field(default_factory=list)
+    fail_first: int = 0
+    status: int = 204
     port: int = 0
 
     def url(self, path: str = "/hook") -> str:
@@ -41,15 +45,19 @@ class HttpSink:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.posts.append(Post(request.path, dict(request.headers), body, time.monotonic()))
-        return web.Response(status=204)
+        if len(self.posts) <= self.fail_first:
+            return web.Response(status=500, text="X-Token: echoed-secret would leak")
+        if 300 <= self.status < 400:
+            return web.Response(status=self.status, headers={"Location": "http://elsewhere/"})
+        return web.Response(status=self.status)
 
 
 @asynccontextmanager
-async def http_sink() -> AsyncIterator[HttpSink]:
-    sink = HttpSink()
+async def http_sink(*, fail_first: int = 0, status: int = 204) -> AsyncIterator[HttpSink]:
+    sink = HttpSink(fail_first=fail_first, status=status)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", sink._handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     sink.port = int(runner.addresses[0][1])
@@ -65,6 +73,8 @@ class Mail:
     rcpt_tos: list[str]
     content: bytes
     at: float  # time.monotonic() when it arrived
+    tls: bool  # over implicit TLS or after STARTTLS
+    authenticated: bool | None
 
     def message(self) -> EmailMessage:
         parsed = message_from_bytes(self.content, policy=policy.default)
@@ -80,6 +90,8 @@ class MailSink:
     """aiosmtpd handler keeping every accepted mail (it runs on the
     controller's own thread; list.append is atomic enough for tests)."""
 
+    REPLY = "250 2.0.0 Ok: queued as T3ST"
+
     def __init__(self) -> None:
         self.mails: list[Mail] = []
 
@@ -90,9 +102,11 @@ class MailSink:
                 list(envelope.rcpt_tos),
                 envelope.original_content or envelope.content,
                 time.monotonic(),
+                server.transport.get_extra_info("ssl_object") is not None,
+                session.authenticated,
             )
         )
-        return "250 2.0.0 Ok: queued as E2E"
+        return self.REPLY
 
 
 class _Port0Controller(Controller):
@@ -104,10 +118,12 @@ class _Port0Controller(Controller):
 
 
 @contextmanager
-def smtp_sink() -> Iterator[tuple[MailSink, int]]:
-    """A plain SMTP server (no TLS, no login): yields the sink and its port."""
+def smtp_sink(**options: Any) -> Iterator[tuple[MailSink, int]]:
+    """An SMTP server, plain unless ``options`` ask aiosmtpd's Controller for
+    TLS or a login (tls_context=, ssl_context=, authenticator=, …): yields
+    the sink and its port."""
     sink = MailSink()
-    controller = _Port0Controller(sink, hostname="127.0.0.1", port=0)
+    controller = _Port0Controller(sink, hostname="127.0.0.1", port=0, **options)
     controller.start()
     try:
         yield sink, int(controller.port)

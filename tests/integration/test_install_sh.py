@@ -1,7 +1,7 @@
 """installers/install.sh, run for real as root on a separate "host".
 
 The host is a network namespace whose only route is to the control plane's
-agent listener (H7's ``remote`` fixture: ``restic-manager serve`` with the
+agent listener (conftest.py's ``remote`` fixture: ``restic-manager serve`` with the
 built agent bundled) plus a private mount namespace whose /etc, /usr/local,
 /var/lib and /var/spool are overlays (tests/helpers/sandbox_host.py): the
 installer writes to its real default paths, and the overlays' upper
@@ -27,14 +27,7 @@ import pytest
 
 from tests.helpers.fleet import make_tree, wait_for
 from tests.helpers.sandbox_host import SandboxHost, sandbox_host
-from tests.integration import test_built_agent
-from tests.integration.test_built_agent import Remote
-
-# H7's fixtures, shared rather than copied: the built agent (its build cache
-# makes this ~1 s when nothing changed) and a control plane whose agent
-# listener only one network namespace can reach.
-built_agent = test_built_agent.built_agent
-remote = test_built_agent.remote
+from tests.integration.conftest import Remote
 
 pytestmark = pytest.mark.integration
 

@@ -25,14 +25,9 @@ import pytest
 from tests.helpers.fleet import child_env, make_tree, wait_for
 from tests.helpers.restic_bins import RESTIC_BINARIES
 from tests.helpers.sandbox_host import sandbox_host
-from tests.integration import test_built_agent
-from tests.integration.test_built_agent import Remote
+from tests.integration.conftest import Remote
 
 pytestmark = pytest.mark.integration
-
-# H7's fixtures, shared rather than copied (see test_install_sh.py).
-built_agent = test_built_agent.built_agent
-remote = test_built_agent.remote
 
 CONFIG = "/etc/restic-manager-agent/config.toml"
 BIN = "/usr/local/lib/restic-manager-agent/restic-manager-agent"

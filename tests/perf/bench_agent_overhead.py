@@ -198,31 +198,8 @@ def agent_backup(api: Api, agent: AgentProcess, host_id: int, group_id: int) -> 
     }
 
 
-class PatchedAgent(AgentProcess):
-    """The venv's agent with experiment patches (tests/perf/patches/) applied."""
-
-    patches: str = ""
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).resolve().parent / "patches" / "run_agent.py"),
-                self.patches,
-                "--",
-                "run",
-                "--config",
-                str(self.config),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=bl.child_env(),
-        )
-
-
 class Fleet:
-    def __init__(self, work: Path, restic: str, src: Path, patches: str = "") -> None:
+    def __init__(self, work: Path, restic: str, src: Path) -> None:
         self.work = work
         self.server = ControlPlaneProcess(work / "data", work / "server.log")
         self.server.data_dir.mkdir()
@@ -239,13 +216,7 @@ class Fleet:
             },
         )
         self.host_id = int(created["host_id"])
-        self.agent: AgentProcess
-        if patches:
-            patched = PatchedAgent(work / "agent", restic, HOSTNAME)
-            patched.patches = patches
-            self.agent = patched
-        else:
-            self.agent = AgentProcess(work / "agent", restic, HOSTNAME)
+        self.agent = AgentProcess(work / "agent", restic, HOSTNAME)
         info = self.api.get("/server")
         enrolled = self.agent.enrol(self.server.agent_url, created["token"], info["cert_sha256"])
         if enrolled.returncode != 0:
@@ -276,7 +247,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     fleet = None
     pairs: list[dict[str, Any]] = []
     try:
-        fleet = Fleet(work, restic, src, args.agent_patch)
+        fleet = Fleet(work, restic, src)
         # Warm the page cache (and restic's binary) so the first timed run is not the odd one.
         warm = work / "warm-repo"
         init_repo(restic, warm)
@@ -383,7 +354,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "pairs": pairs,
         "cases": cases,
         "other_jobs_during_run": others,
-        "agent_patches": args.agent_patch or None,
         "goal": "agent + control plane wall <= 1.05 x plain restic backup",
         "summary": rows,
     }
@@ -395,11 +365,6 @@ def main() -> int:
     parser.add_argument("--min-mb", type=int, default=210, help="tree size floor (MB)")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--restic", type=Path, default=bl.RESTIC_018)
-    parser.add_argument(
-        "--agent-patch",
-        default="",
-        help="experiment: run the agent with tests/perf/patches/NAME[,NAME] applied",
-    )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -81,16 +81,14 @@ from server_core.services.hosts import host_views
 from server_core.store import Store
 from server_core.views import HostView
 from tests.perf import benchlib
+from tests.perf.benchlib import LagProbe, percentile, summary
 from tests.perf.common import (
     RESULTS,
     GcWatch,
-    LagProbe,
     TimedApplication,
     explain_stalls,
     machine,
-    percentile,
     slow_events_of,
-    summary,
     until,
 )
 from ui_qt.fleet_view import FleetView

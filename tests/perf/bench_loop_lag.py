@@ -47,17 +47,16 @@ from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
 from server_core.views import JobView
 from tests.perf import benchlib
+from tests.perf.benchlib import LagProbe, summary
 from tests.perf.common import (
     RESULTS,
     ROOT,
     GcWatch,
-    LagProbe,
     application,
     explain_stalls,
     frames_of,
     machine,
     slow_events_of,
-    summary,
     until,
 )
 from ui_qt.job_window import JobWindow

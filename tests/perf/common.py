@@ -1,4 +1,5 @@
-"""What the UI benchmarks share: the loop-lag probe, frame timing, machine facts.
+"""What the UI benchmarks share: frame timing, slow-event attribution, machine
+facts (the loop-lag probe and percentiles are benchlib's).
 
 Loop lag is how late a 10 ms ``asyncio.sleep`` wakes up on the shared qasync
 loop: anything that holds the loop (a slot, a paint, a callback, the GIL held
@@ -11,10 +12,8 @@ the loop (see ``TimedApplication``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from PySide6.QtCore import QEvent, QObject, qVersion
 from PySide6.QtWidgets import QApplication
 
 from tests.perf import benchlib
+from tests.perf.benchlib import LagProbe, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tests" / "perf" / "results"
@@ -43,80 +43,6 @@ def machine() -> dict[str, Any]:
         "qt": qVersion(),
         "qpa_platform": os.environ.get("QT_QPA_PLATFORM", ""),
     }
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not ordered:
-        return 0.0
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def summary(values_ms: list[float]) -> dict[str, float | int]:
-    ordered = sorted(values_ms)
-    if not ordered:
-        return {"samples": 0}
-    return {
-        "samples": len(ordered),
-        "p50_ms": round(statistics.median(ordered), 2),
-        "p90_ms": round(percentile(ordered, 90), 2),
-        "p99_ms": round(percentile(ordered, 99), 2),
-        "max_ms": round(ordered[-1], 2),
-        "over_50ms": sum(1 for v in ordered if v > 50),
-        "over_100ms": sum(1 for v in ordered if v > 100),
-    }
-
-
-def median_of(runs: list[dict[str, Any]], *path: str) -> float:
-    """The median of one figure across repeated runs (``path`` into each dict)."""
-    values = []
-    for run in runs:
-        value: Any = run
-        for key in path:
-            value = value[key]
-        values.append(float(value))
-    return round(statistics.median(values), 2)
-
-
-class LagProbe:
-    """Samples loop lag every ``interval_s`` until stopped; samples carry their time."""
-
-    def __init__(self, interval_s: float = 0.01) -> None:
-        self.interval_s = interval_s
-        self.samples: list[tuple[float, float]] = []  # (loop time at wake-up, lag ms)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.interval_s
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(interval)
-            t1 = loop.time()
-            self.samples.append((t1, (t1 - t0 - interval) * 1000))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def lags(self, start: float | None = None, end: float | None = None) -> list[float]:
-        return [
-            lag
-            for t, lag in self.samples
-            if (start is None or t >= start) and (end is None or t <= end)
-        ]
-
-    def worst(self, count: int = 5) -> list[dict[str, float]]:
-        """The largest stalls and when they ended (loop time), for reading a profile."""
-        top = sorted(self.samples, key=lambda s: s[1], reverse=True)[:count]
-        return [{"at": round(t, 3), "lag_ms": round(lag, 1)} for t, lag in top]
 
 
 class TimedApplication(QApplication):

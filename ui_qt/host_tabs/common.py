@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
 import shiboken6
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QLabel, QMessageBox, QWidget
+from PySide6.QtWidgets import QAbstractItemView, QLabel, QMessageBox, QTableWidget, QWidget
 
 from server_core.errors import NotFound, ServiceError
 from server_core.views import HostView, ScheduleView, SourceGroupView
@@ -79,10 +79,16 @@ def show_message(
     return box
 
 
-def confirm_delete(
-    parent: QWidget, title: str, text: str, object_name: str, on_delete: Callable[[], None]
+def confirm(
+    parent: QWidget,
+    title: str,
+    text: str,
+    ok_text: str,
+    object_name: str,
+    on_ok: Callable[[], None],
 ) -> QMessageBox:
-    """A window-modal "Delete / Cancel" question; ``on_delete`` runs only on Delete."""
+    """A window-modal "<ok_text> / Cancel" question (``open()``: no nested loop);
+    ``on_ok`` runs only on the first button."""
     box = QMessageBox(
         QMessageBox.Icon.Question,
         title,
@@ -93,10 +99,39 @@ def confirm_delete(
     box.setObjectName(object_name)
     box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
     yes = box.button(QMessageBox.StandardButton.Yes)
-    yes.setText("Delete")
-    box.buttonClicked.connect(lambda button: on_delete() if button is yes else None)
+    yes.setText(ok_text)
+    box.buttonClicked.connect(lambda button: on_ok() if button is yes else None)
     box.open()
     return box
+
+
+def confirm_delete(
+    parent: QWidget, title: str, text: str, object_name: str, on_delete: Callable[[], None]
+) -> QMessageBox:
+    """A window-modal "Delete / Cancel" question; ``on_delete`` runs only on Delete."""
+    return confirm(parent, title, text, "Delete", object_name, on_delete)
+
+
+def record_table(
+    columns: Sequence[str],
+    object_name: str,
+    *,
+    row_height: int | None = None,
+    single_selection: bool = True,
+) -> QTableWidget:
+    """A read-only table of records (channels, schedules, source groups…):
+    whole rows are selected, no row numbers; ``row_height`` in pixels."""
+    table = QTableWidget(0, len(columns))
+    table.setObjectName(object_name)
+    table.setHorizontalHeaderLabels(list(columns))
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    if single_selection:
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    table.verticalHeader().hide()
+    if row_height is not None:
+        table.verticalHeader().setDefaultSectionSize(row_height)
+    return table
 
 
 def error_label() -> QLabel:

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from server_core.services.context import OPERATOR
 from server_core.views import ChannelView, TestResult
+from ui_qt.add_host import SecretField as MaskedField
 from ui_qt.context import UiContext
 from ui_qt.host_tabs.common import GREEN, GREY, RED, error_text, guarded
 from ui_qt.host_tabs.forms import FieldErrors, SavingDialog
@@ -55,8 +56,8 @@ def test_result_text(result: TestResult) -> tuple[str, str]:
     return f"{mark} {result.detail} · {result.latency_ms:,} ms", GREEN if result.ok else RED
 
 
-class SecretField(QWidget):
-    """A password-type input for a write-only secret.
+class SecretField(MaskedField):
+    """A password-type input (with Show) for a write-only secret, plus Remove.
 
     ``value()`` is what to send: the typed text, ``None`` to clear a stored
     secret, or ``UNCHANGED`` to leave it out of the request."""
@@ -65,35 +66,22 @@ class SecretField(QWidget):
     changed = Signal()
 
     def __init__(self, object_name: str, placeholder: str, stored: bool) -> None:
-        super().__init__()
+        super().__init__(placeholder)
         self.stored = stored
         self.cleared = False
         self._placeholder = placeholder
-        self.edit = QLineEdit()
         self.edit.setObjectName(object_name)
-        self.edit.setEchoMode(QLineEdit.EchoMode.Password)
-        self.show_button = QPushButton("Show")
-        self.show_button.setCheckable(True)
-        self.show_button.setToolTip("Show what you typed")
-        self.show_button.toggled.connect(self._reveal)
         self.remove_button = QPushButton("Remove")
         self.remove_button.setObjectName(f"{object_name}Remove")
         self.remove_button.setCheckable(True)
         self.remove_button.setToolTip("Delete the stored value when saving")
         self.remove_button.toggled.connect(self._remove)
         self.remove_button.setVisible(stored)
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.edit, 1)
-        row.addWidget(self.show_button)
+        row = self.layout()
+        assert isinstance(row, QHBoxLayout)
         row.addWidget(self.remove_button)
         self.edit.textChanged.connect(self._typed)
         self._update_placeholder()
-
-    def _reveal(self, on: bool) -> None:
-        mode = QLineEdit.EchoMode.Normal if on else QLineEdit.EchoMode.Password
-        self.edit.setEchoMode(mode)
-        self.show_button.setText("Hide" if on else "Show")
 
     def _remove(self, on: bool) -> None:
         self.cleared = on

@@ -2,45 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QTimer
 from PySide6.QtGui import QFontDatabase, QGuiApplication
-from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QMessageBox, QPushButton, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPushButton, QWidget
 
-from ui_qt.context import UiContext
-
-COPIED_FEEDBACK_MS = 1500
-
-
-def api_url(ctx: UiContext) -> str | None:
-    """The operator API listener's base URL, when the control plane reports it."""
-    return ctx.server_info().api_url
-
-
-def confirm(
-    parent: QWidget,
-    title: str,
-    text: str,
-    ok_text: str,
-    object_name: str,
-    on_ok: Callable[[], None],
-) -> QMessageBox:
-    """A window-modal "<ok_text> / Cancel" question (``open()``: no nested loop)."""
-    box = QMessageBox(
-        QMessageBox.Icon.Question,
-        title,
-        text,
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-        parent,
-    )
-    box.setObjectName(object_name)
-    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-    yes = box.button(QMessageBox.StandardButton.Yes)
-    yes.setText(ok_text)
-    box.buttonClicked.connect(lambda button: on_ok() if button is yes else None)
-    box.open()
-    return box
+from ui_qt.install_commands import COPIED_FEEDBACK_MS
 
 
 class CopyableField(QWidget):

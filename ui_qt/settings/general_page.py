@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 from server_core.views import ServerInfo
 from ui_qt.context import UiContext
 from ui_qt.host_tabs.common import AMBER, GREEN, GREY
-from ui_qt.settings.common import CopyableField, api_url
+from ui_qt.settings.common import CopyableField
 
 KEY_SOURCES = {
     "keyring": "The operating system's keyring",
@@ -81,9 +81,10 @@ class GeneralPage(QWidget):
 
     def reload(self) -> None:
         # server_info() reads attributes of the running control plane: no I/O.
-        self.show_info(self.ctx.server_info(), api_url(self.ctx))
+        self.show_info(self.ctx.server_info())
 
-    def show_info(self, info: ServerInfo, api: str | None) -> None:
+    def show_info(self, info: ServerInfo) -> None:
+        api = info.api_url
         self.version.setText(info.version)
         self.data_dir.set_text(info.data_dir)
         self.agent_url.set_text(info.agent_url)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QFontDatabase, QGuiApplication
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import (
     QCheckBox,
     QFormLayout,
@@ -31,13 +31,14 @@ from ui_qt.host_tabs.common import (
     AMBER,
     GREEN,
     GREY,
+    confirm,
     error_label,
     error_text,
     guarded,
     set_error,
 )
 from ui_qt.install_commands import CommandBox, CopyButton
-from ui_qt.settings.common import api_url, confirm
+from ui_qt.settings.common import CopyableField
 
 TOKEN_FILE = "/etc/prometheus/restic-manager.token"
 
@@ -98,13 +99,9 @@ class MetricsPage(QWidget):
         self.generate = QPushButton("Generate token")
         self.generate.setObjectName("metricsGenerateToken")
         self.generate.clicked.connect(self.generate_token)
-        self.token = QLineEdit()
-        self.token.setObjectName("metricsToken")
-        self.token.setReadOnly(True)
-        self.token.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.copy_token = QPushButton("Copy")
-        self.copy_token.setObjectName("metricsCopyToken")
-        self.copy_token.clicked.connect(self._copy_token)
+        token_field = CopyableField("metricsToken", "metrics token", mono=True)
+        self.token = token_field.edit
+        self.copy_token = token_field.copy_button
         self.token_warning = QLabel(
             "Copy the token now: it is not shown again. Save it where Prometheus reads it "
             f"({TOKEN_FILE} in the example below). Generating another token replaces this one."
@@ -117,8 +114,7 @@ class MetricsPage(QWidget):
         self.token_box.setFrameShape(QFrame.Shape.StyledPanel)
         token_layout = QVBoxLayout(self.token_box)
         token_row = QHBoxLayout()
-        token_row.addWidget(self.token, 1)
-        token_row.addWidget(self.copy_token)
+        token_row.addWidget(token_field, 1)
         self.dismiss = QPushButton("Done")
         self.dismiss.setObjectName("metricsDismissToken")
         self.dismiss.setToolTip("Hide the token (it cannot be shown again)")
@@ -182,7 +178,7 @@ class MetricsPage(QWidget):
     # -- state ------------------------------------------------------------------------
 
     def _show_endpoint(self) -> None:
-        base = api_url(self.ctx)
+        base = self.ctx.server_info().api_url
         url = scrape_url(base)
         self.url.setText(url or "")
         self.url.setPlaceholderText("the API listener's address + /metrics")
@@ -202,12 +198,7 @@ class MetricsPage(QWidget):
             self.ctx.settings_service.metrics_settings(),
             what="reading the metrics settings",
             on_done=guarded(self, self._loaded),
-            on_error=guarded(
-                self,
-                lambda exc: set_error(
-                    self.error, f"Could not read the settings: {error_text(exc)}"
-                ),
-            ),
+            on_error=guarded(self, self._failed_to_load),
         )
 
     def _failed_to_load(self, exc: Exception) -> None:
@@ -294,11 +285,6 @@ class MetricsPage(QWidget):
             on_done=guarded(self, done),
             on_error=guarded(self, failed),
         )
-
-    def _copy_token(self) -> None:
-        QGuiApplication.clipboard().setText(self.token.text())
-        self.copy_token.setText("Copied ✓")
-        QTimer.singleShot(1500, self, lambda: self.copy_token.setText("Copy"))
 
     def dismiss_token(self) -> None:
         """Forget the shown token (it cannot be shown again)."""

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -42,6 +40,7 @@ from ui_qt.host_tabs.common import (
     error_label,
     error_text,
     guarded,
+    record_table,
     set_error,
 )
 from ui_qt.settings.channel_dialog import KINDS, SEVERITIES, ChannelDialog, test_result_text
@@ -128,15 +127,8 @@ class NotificationsPage(QWidget):
         )
         intro.setWordWrap(True)
 
-        self.table = QTableWidget(0, len(self.CHANNEL_COLUMNS))
-        self.table.setObjectName("channelTable")
-        self.table.setHorizontalHeaderLabels(self.CHANNEL_COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().hide()
         row_height = self.fontMetrics().height() + 10
-        self.table.verticalHeader().setDefaultSectionSize(row_height)
+        self.table = record_table(self.CHANNEL_COLUMNS, "channelTable", row_height=row_height)
         self.table.setWordWrap(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -193,13 +185,9 @@ class NotificationsPage(QWidget):
         dhead.addWidget(deliveries_title)
         dhead.addStretch(1)
         dhead.addWidget(self.delivery_filter)
-        self.deliveries = QTableWidget(0, len(self.DELIVERY_COLUMNS))
-        self.deliveries.setObjectName("deliveryTable")
-        self.deliveries.setHorizontalHeaderLabels(self.DELIVERY_COLUMNS)
-        self.deliveries.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.deliveries.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.deliveries.verticalHeader().hide()
-        self.deliveries.verticalHeader().setDefaultSectionSize(row_height)
+        self.deliveries = record_table(
+            self.DELIVERY_COLUMNS, "deliveryTable", row_height=row_height, single_selection=False
+        )
         self.deliveries.setWordWrap(False)
         dheader = self.deliveries.horizontalHeader()
         dheader.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)

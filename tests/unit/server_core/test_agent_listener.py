@@ -13,6 +13,7 @@ import pytest
 
 from agent import protocol as p
 from server_core.control_plane import ControlPlane, ControlPlaneConfig, Endpoint
+from server_core.models import Host
 from server_core.services.context import OPERATOR
 from server_core.services.enrolment import parse_new_host
 from tests.helpers.fake_agent import FakeAgent, enrol, raw_frame
@@ -247,3 +248,28 @@ async def test_reprobes_while_offline_queue_one_probe_not_many(cp, session):
         )
     jobs = await cp.jobs.list_jobs(body["host_id"])
     assert [j.kind for j in jobs] == ["init"]
+
+
+async def test_the_presence_sweep_stores_last_seen_at(cp, session):
+    host_id, agent = await enrolled_agent(cp, session)
+    await agent.expect(p.ConfigUpdate)  # sent once the hello registered the host
+    assert cp.hub.is_connected(host_id)
+
+    def forget() -> None:
+        Host.update(last_seen_at=None).where(Host.id == host_id).execute()
+
+    await cp.store.transaction(forget)
+    before = time.time()
+    await cp.hub.sweep()
+    seen = await cp.store.call(lambda: Host.get_by_id(host_id).last_seen_at)
+    assert seen is not None and seen >= before - 60
+
+
+async def test_a_log_for_a_job_never_started_creates_the_job(cp, session):
+    _host_id, agent = await enrolled_agent(cp, session)
+    job = "c" * 32
+    lines = [p.LogLine(seq=1, ts=1.0, stream="stdout", text="early")]
+    await agent.acked({await agent.send(p.JobLog(job_id=job, seq=1, lines=lines))})
+    view = await cp.jobs.get_job(job)
+    assert view.status == "running" and view.log_lines == 1
+    assert [line.text for line in await cp.jobs.log(job)] == ["early"]

@@ -31,6 +31,7 @@ from server_core.services.notifications import NotificationService
 from server_core.services.restore import RestoreService
 from server_core.services.settings import SettingsService
 from server_core.views import ServerInfo
+from tests.helpers.notify_sinks import HttpSink, http_sink
 
 from .conftest import Services, add_host
 
@@ -57,22 +58,10 @@ class Api:
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+async def sink() -> AsyncIterator[HttpSink]:
     """A real webhook receiver on 127.0.0.1."""
-    hits: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        hits.append({"headers": dict(request.headers), "body": await request.json()})
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        yield str(server.make_url("/hook")), hits
-    finally:
-        await server.close()
+    async with http_sink() as receiver:
+        yield receiver
 
 
 @pytest.fixture
@@ -211,9 +200,9 @@ async def test_every_route_needs_the_api_token(api: Api) -> None:
 
 
 async def test_channels_crud_test_and_deliveries_never_show_the_secret(
-    api: Api, sink: tuple[str, list[dict[str, Any]]]
+    api: Api, sink: HttpSink
 ) -> None:
-    url, hits = sink
+    url, hits = sink.url(), sink.posts
     body = {
         "kind": "webhook",
         "name": "ops hook",
@@ -231,7 +220,7 @@ async def test_channels_crud_test_and_deliveries_never_show_the_secret(
     responses.append(text)
     assert status == 200 and result["ok"] is True, result
     assert isinstance(result["latency_ms"], int) and "204" in result["detail"]
-    assert len(hits) == 1 and hits[0]["headers"]["X-Hook-Token"] == "s3cr3t-hook-value"
+    assert len(hits) == 1 and hits[0].headers["X-Hook-Token"] == "s3cr3t-hook-value"
 
     # A partial update keeps the stored secret.
     status, updated, text = await api.call(

@@ -5,21 +5,19 @@ a closed port and a server that never answers for broken channels."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from email import message_from_bytes, policy
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from server_core.crypto import SecretBox
@@ -29,6 +27,7 @@ from server_core.models import Alert, AuditEntry, Host, NotificationAttempt, Not
 from server_core.services.context import OPERATOR, ServiceContext
 from server_core.services.notifications import NotificationService
 from server_core.store import Store
+from tests.helpers.notify_sinks import HttpSink, MailSink, http_sink, smtp_sink
 from tests.helpers.tls import make_tls
 from tests.unit.server_core.conftest import RecordingAgents
 
@@ -36,79 +35,6 @@ FAST = (0.01, 0.01, 0.01)
 
 
 # -- real servers ------------------------------------------------------------
-
-
-@dataclass
-class Hit:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class HttpSink:
-    """Records every request; answers ``status`` after failing the first
-    ``fail_first`` with 500."""
-
-    hits: list[Hit] = field(default_factory=list)
-    fail_first: int = 0
-    status: int = 204
-    port: int = 0
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.hits.append(
-            Hit(request.path, dict(request.headers), await request.read(), time.monotonic())
-        )
-        if len(self.hits) <= self.fail_first:
-            return web.Response(status=500, text="X-Token: echoed-secret would leak")
-        if 300 <= self.status < 400:
-            return web.Response(status=self.status, headers={"Location": "http://elsewhere/"})
-        return web.Response(status=self.status)
-
-
-@dataclass
-class Mail:
-    mail_from: str
-    rcpt_tos: list[str]
-    content: bytes
-    tls: bool
-    authenticated: bool | None
-
-    def message(self) -> Any:
-        return message_from_bytes(self.content, policy=policy.default)
-
-
-class MailSink:
-    def __init__(self) -> None:
-        self.mails: list[Mail] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.mails.append(
-            Mail(
-                envelope.mail_from,
-                list(envelope.rcpt_tos),
-                envelope.original_content or envelope.content,
-                server.transport.get_extra_info("ssl_object") is not None,
-                session.authenticated,
-            )
-        )
-        return "250 2.0.0 Ok: queued as T3ST"
-
-
-class Port0Controller(Controller):  # type: ignore[misc]
-    """aiosmtpd's Controller connects to its own port once started: learn the
-    port the OS picked before it does."""
-
-    def _trigger_server(self) -> None:
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
 
 
 class Blackhole:
@@ -228,7 +154,6 @@ async def env(plan_store: Store) -> AsyncIterator[Env]:
         store=plan_store, box=SecretBox(os.urandom(32)), bus=bus, agents=RecordingAgents()
     )
     services: list[NotificationService] = []
-    runners: list[web.AppRunner] = []
 
     def make(**kw: Any) -> NotificationService:
         kw.setdefault("retry_delays_s", FAST)
@@ -238,39 +163,20 @@ async def env(plan_store: Store) -> AsyncIterator[Env]:
         services.append(service)
         return service
 
-    async def sink(**kw: Any) -> HttpSink:
-        s = HttpSink(**kw)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", s.handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        s.port = runner.addresses[0][1]
-        return s
+    async with contextlib.AsyncExitStack() as sinks:
 
-    yield Env(plan_store, ctx, events, make, sink)
-    for service in services:
-        await service.stop()
-    for runner in runners:
-        await runner.cleanup()
+        async def sink(**kw: Any) -> HttpSink:
+            return await sinks.enter_async_context(http_sink(**kw))
+
+        yield Env(plan_store, ctx, events, make, sink)
+        for service in services:
+            await service.stop()
 
 
 @pytest.fixture
-def smtp_server() -> Any:
-    started: list[Controller] = []
-
-    def start(**kw: Any) -> tuple[MailSink, int]:
-        handler = MailSink()
-        controller = Port0Controller(handler, hostname="127.0.0.1", port=0, **kw)
-        controller.start()
-        started.append(controller)
-        return handler, int(controller.port)
-
-    yield start
-    for controller in started:
-        controller.stop()
+def smtp_server() -> Iterator[Callable[..., tuple[MailSink, int]]]:
+    with contextlib.ExitStack() as servers:
+        yield lambda **options: servers.enter_context(smtp_sink(**options))
 
 
 @pytest.fixture
@@ -314,8 +220,8 @@ async def test_webhook_gets_json_and_secret_header(env: Env) -> None:
         webhook(sink.url(), config={"secret_header": "X-Token: hdr-s3cret-77"}), OPERATOR
     )
     alert_id = await env.alert()
-    await until(lambda: len(sink.hits) == 1, what="the webhook")
-    body = sink.hits[0].json()
+    await until(lambda: len(sink.posts) == 1, what="the webhook")
+    body = sink.posts[0].json()
     assert body["event"] == "raised"
     assert body["alert"]["id"] == alert_id
     assert body["alert"]["host_name"] == "web1"
@@ -323,8 +229,8 @@ async def test_webhook_gets_json_and_secret_header(env: Env) -> None:
     assert body["alert"]["severity"] == "critical"
     assert body["alert"]["status"] == "open"
     assert abs(body["sent_at"] - time.time()) < 60
-    assert sink.hits[0].headers["X-Token"] == "hdr-s3cret-77"
-    assert sink.hits[0].headers["Content-Type"] == "application/json"
+    assert sink.posts[0].headers["X-Token"] == "hdr-s3cret-77"
+    assert sink.posts[0].headers["Content-Type"] == "application/json"
 
     await until_async(lambda: _has_attempts(env, channel.id, 1), what="the stored attempt")
     (delivery,) = await service.list_deliveries(channel.id)
@@ -356,8 +262,8 @@ async def test_ntfy_gets_title_priority_tags_and_bearer_token(env: Env) -> None:
         OPERATOR,
     )
     await env.alert(severity="warning", kind="stale_backup", host="laptop")
-    await until(lambda: len(sink.hits) == 1, what="the ntfy post")
-    hit = sink.hits[0]
+    await until(lambda: len(sink.posts) == 1, what="the ntfy post")
+    hit = sink.posts[0]
     assert hit.path == "/backups"
     assert hit.headers["Title"] == "WARNING laptop: stale_backup"
     assert hit.headers["Priority"] == "4"
@@ -443,9 +349,9 @@ async def test_raise_acknowledge_resolve_are_sent_in_order_and_bumped_is_not(env
     await env.alert("bumped", alert_id=alert_id)
     await env.alert("acknowledged", alert_id=alert_id)
     await env.alert("resolved", alert_id=alert_id)
-    await until(lambda: len(sink.hits) == 3, what="three notifications")
-    assert [h.json()["event"] for h in sink.hits] == ["raised", "acknowledged", "resolved"]
-    assert sink.hits[2].json()["alert"]["status"] == "resolved"
+    await until(lambda: len(sink.posts) == 3, what="three notifications")
+    assert [h.json()["event"] for h in sink.posts] == ["raised", "acknowledged", "resolved"]
+    assert sink.posts[2].json()["alert"]["status"] == "resolved"
 
 
 async def test_severity_filter_and_disabled_channels(env: Env) -> None:
@@ -462,14 +368,14 @@ async def test_severity_filter_and_disabled_channels(env: Env) -> None:
     )
     await env.alert(severity="warning", kind="prune_failed")
     await env.alert(severity="info", kind="update_failed")
-    await until(lambda: len(everything.hits) == 2, what="the unfiltered channel")
+    await until(lambda: len(everything.posts) == 2, what="the unfiltered channel")
     await service.update_channel(off.id, {"enabled": True}, OPERATOR)
     await env.alert(severity="critical", kind="check_failed")
-    await until(lambda: len(everything.hits) == 3, what="the critical alert")
-    await until(lambda: len(critical_only.hits) == 1 and len(disabled.hits) == 1)
+    await until(lambda: len(everything.posts) == 3, what="the critical alert")
+    await until(lambda: len(critical_only.posts) == 1 and len(disabled.posts) == 1)
     # Each channel delivers in order: anything filtered wrongly would have come first.
-    assert critical_only.hits[0].json()["alert"]["kind"] == "check_failed"
-    assert disabled.hits[0].json()["alert"]["kind"] == "check_failed"
+    assert critical_only.posts[0].json()["alert"]["kind"] == "check_failed"
+    assert disabled.posts[0].json()["alert"]["kind"] == "check_failed"
 
 
 async def test_dead_and_hanging_channels_do_not_delay_the_others(env: Env) -> None:
@@ -486,8 +392,8 @@ async def test_dead_and_hanging_channels_do_not_delay_the_others(env: Env) -> No
         published = time.monotonic()
         await env.alert()
         await env.alert(kind="check_failed")
-        await until(lambda: len(good.hits) == 2, what="the good channel")
-        assert good.hits[1].at - published < 1.0
+        await until(lambda: len(good.posts) == 2, what="the good channel")
+        assert good.posts[1].at - published < 1.0
         await until_async(lambda: _has_attempts(env, dead.id, 3), what="the dead channel's retries")
         dead_attempts = await env.attempts(dead.id)
         assert not any(a.ok for a in dead_attempts)
@@ -500,10 +406,10 @@ async def test_dead_and_hanging_channels_do_not_delay_the_others(env: Env) -> No
         await service.stop()
         assert time.monotonic() - started < 1.0
         # Stopped: nothing is sent or retried any more.
-        hits = len(good.hits)
+        hits = len(good.posts)
         await env.alert(kind="prune_failed")
         await asyncio.sleep(0.2)  # a quiet period, not a wait for something to happen
-        assert len(good.hits) == hits
+        assert len(good.posts) == hits
         assert len(await env.attempts(dead.id)) == 3
 
 
@@ -528,7 +434,7 @@ async def test_retries_until_the_sink_recovers(env: Env) -> None:
     assert [(d.attempt, d.ok) for d in deliveries] == [(1, False), (2, False), (3, True)]
     assert deliveries[0].detail == "HTTP 500 Internal Server Error"
     assert deliveries[2].detail == "HTTP 204"
-    assert len(sink.hits) == 3
+    assert len(sink.posts) == 3
 
 
 async def test_gives_up_after_the_last_retry(env: Env) -> None:
@@ -538,9 +444,9 @@ async def test_gives_up_after_the_last_retry(env: Env) -> None:
     await env.alert()
     await env.alert(kind="check_failed")
     # The second alert starts only once the first one is given up.
-    await until(lambda: len(sink.hits) == 6, what="two alerts × three attempts")
+    await until(lambda: len(sink.posts) == 6, what="two alerts × three attempts")
     await until_async(lambda: _has_attempts(env, channel.id, 6))
-    kinds = [h.json()["alert"]["kind"] for h in sink.hits]
+    kinds = [h.json()["alert"]["kind"] for h in sink.posts]
     assert kinds == ["backup_failed"] * 3 + ["check_failed"] * 3
 
 
@@ -552,7 +458,7 @@ async def test_redirects_are_not_followed(env: Env) -> None:
     )
     assert not result.ok
     assert result.detail.startswith("HTTP 302 Found (redirects are not followed")
-    assert len(sink.hits) == 1
+    assert len(sink.posts) == 1
 
 
 # -- test sends --------------------------------------------------------------------
@@ -570,8 +476,8 @@ async def test_test_channel_goes_out_at_once_past_a_retrying_queue(env: Env) -> 
     assert time.monotonic() - started < 1.0
     assert (result.ok, result.detail) == (True, "HTTP 204")
     assert 0 <= result.latency_ms < 1000
-    assert sink.hits[-1].json()["event"] == "test"
-    assert sink.hits[-1].json()["alert"]["kind"] == "test"
+    assert sink.posts[-1].json()["event"] == "test"
+    assert sink.posts[-1].json()["alert"]["kind"] == "test"
     newest = (await service.list_deliveries(channel.id))[0]
     assert (newest.event, newest.ok, newest.alert_id) == ("test", True, None)
     tested = await env.store.call(
@@ -598,7 +504,7 @@ async def test_test_config_of_an_unsaved_or_edited_channel(env: Env) -> None:
         {"config": {"url": sink.url("/edited")}}, channel_id=channel.id
     )
     assert edited.ok
-    assert (sink.hits[-1].path, sink.hits[-1].headers["X-Token"]) == ("/edited", "kept-secret")
+    assert (sink.posts[-1].path, sink.posts[-1].headers["X-Token"]) == ("/edited", "kept-secret")
     assert (await service.get_channel(channel.id)).config["url"] == sink.url()
     with pytest.raises(InvalidInput) as err:
         await service.test_config({"kind": "webhook", "config": {"url": "gopher://x"}})
@@ -664,14 +570,14 @@ async def test_update_keeps_an_omitted_secret_and_null_clears_it(env: Env) -> No
     )
     await service.update_channel(channel.id, {"name": "renamed", "min_severity": "info"}, OPERATOR)
     await service.test_channel(channel.id, OPERATOR)
-    assert sink.hits[-1].headers["X-Token"] == "keep-me-1"
+    assert sink.posts[-1].headers["X-Token"] == "keep-me-1"
 
     cleared = await service.update_channel(
         channel.id, {"config": {"secret_header": None}}, OPERATOR
     )
     assert cleared.secret_fields == [] and cleared.name == "renamed"
     await service.test_channel(channel.id, OPERATOR)
-    assert "X-Token" not in sink.hits[-1].headers
+    assert "X-Token" not in sink.posts[-1].headers
     payloads = await env.store.call(
         lambda: [
             json.loads(a.payload)
@@ -712,11 +618,11 @@ async def test_deleting_a_channel_stops_its_retries(env: Env) -> None:
     service = env.make(retry_delays_s=(0.05,) * 50)
     channel = await service.create_channel(webhook(sink.url()), OPERATOR)
     await env.alert()
-    await until(lambda: len(sink.hits) >= 2, what="retries")
+    await until(lambda: len(sink.posts) >= 2, what="retries")
     await service.delete_channel(channel.id, OPERATOR)
-    hits = len(sink.hits)
+    hits = len(sink.posts)
     await asyncio.sleep(0.3)  # a quiet period: retries would have come every 50 ms
-    assert len(sink.hits) == hits
+    assert len(sink.posts) == hits
     assert await env.store.call(lambda: NotificationAttempt.select().count()) == 0
 
 
@@ -726,8 +632,8 @@ async def test_alerts_of_removed_hosts_are_skipped(env: Env) -> None:
     await service.create_channel(webhook(sink.url()), OPERATOR)
     env.ctx.bus.publish(AlertChanged(12345, None, "raised", "critical"))
     await env.alert(kind="check_failed")
-    await until(lambda: len(sink.hits) == 1)
-    assert sink.hits[0].json()["alert"]["kind"] == "check_failed"
+    await until(lambda: len(sink.posts) == 1)
+    assert sink.posts[0].json()["alert"]["kind"] == "check_failed"
 
 
 async def test_owned_session_is_closed_and_borrowed_one_is_not(env: Env) -> None:
