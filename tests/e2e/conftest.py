@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -31,17 +30,6 @@ def _qapp() -> QApplication:
 def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
     # Qt and asyncio must share one loop, as in the app.
     return {"qasync": lambda: qasync.QEventLoop(_qapp())}
-
-
-@pytest.fixture(autouse=True)
-def _collect_on_the_gui_thread() -> Iterator[None]:
-    # Cyclic garbage left by earlier tests (closed qasync loops, widgets) is
-    # collected here, on the GUI thread. Left to the automatic collector it
-    # may be freed on a worker thread and Qt then fires a timer at a freed
-    # object: a segfault a few tests later.
-    gc.collect()
-    yield
-    gc.collect()
 
 
 @pytest.fixture
