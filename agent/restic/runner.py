@@ -247,6 +247,37 @@ class _Streams:
         self._call(self._on_stderr, line)
 
 
+async def _spawn(
+    cmd: ResticCommand, cwd: str | None, stdout_fd: int | None
+) -> tuple[asyncio.subprocess.Process, bool]:
+    """Start the process; also say whether the caller was cancelled meanwhile.
+
+    Cancelled inside ``create_subprocess_exec`` after the fork, asyncio kills
+    the child outright (SIGKILL), and a restic killed that way leaves its
+    repository lock behind. The spawn is let finish instead, so the caller
+    can stop the process gracefully and then raise CancelledError.
+    """
+    spawning = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *cmd.argv,
+            env=dict(cmd.env),
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if stdout_fd is None else stdout_fd,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=not _IS_WINDOWS,
+        )
+    )
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(spawning), cancelled
+        except asyncio.CancelledError:
+            if spawning.done():
+                raise
+            cancelled = True
+
+
 async def run_restic(
     cmd: ResticCommand,
     *,
@@ -275,15 +306,7 @@ async def run_restic(
     raises, restic is stopped, its output drained, then the exception raised.
     """
     streams = _Streams(on_stdout, on_stderr, cmd.secrets)
-    proc = await asyncio.create_subprocess_exec(
-        *cmd.argv,
-        env=dict(cmd.env),
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE if stdout_fd is None else stdout_fd,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=not _IS_WINDOWS,
-    )
+    proc, cancelled_while_spawning = await _spawn(cmd, cwd, stdout_fd)
     assert proc.stderr is not None
     pipes = [read_lines(proc.stderr, streams.stderr)]
     if proc.stdout is not None:
@@ -297,6 +320,8 @@ async def run_restic(
         triggers.add(cancel_wait)
     cancelled = False
     try:
+        if cancelled_while_spawning:
+            raise asyncio.CancelledError
         if on_start is not None:
             on_start(proc.pid)
         while not exited.done():

@@ -337,3 +337,33 @@ async def test_repo_locks_serialise_per_key() -> None:
     # 1 and 2 share a repository: never interleaved. 3 runs alongside.
     assert order.index("1-") < order.index("2+") or order.index("2-") < order.index("1+")
     assert order.index("3+") < order.index("1-")
+
+
+async def test_cancelled_while_spawning_still_gets_the_graceful_stop(tmp_path: Path) -> None:
+    # The task is cancelled after restic exists but before the spawn returned
+    # (asyncio is still connecting the pipes). asyncio would SIGKILL the
+    # process there, leaving restic no chance to remove its lock.
+    ready = tmp_path / "ready"
+    marker = tmp_path / "signal"
+    cmd = sh(
+        f"trap 'echo INT > {marker}; exit 130' INT; echo $$ > {ready}; while :; do sleep 0.05; done"
+    )
+    task = asyncio.create_task(run(cmd, grace_seconds=5))
+    # One loop step at a time until the fork has happened; each wait for the
+    # shell is done without yielding to the loop, so the spawn cannot finish.
+    for _ in range(10):
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and not (ready.exists() and ready.read_text().strip()):
+            time.sleep(0.01)
+        if ready.exists() and ready.read_text().strip():
+            break
+    else:
+        task.cancel()
+        raise AssertionError("the shell never started")
+    pid = int(ready.read_text())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert marker.exists() and marker.read_text().strip() == "INT"
+    assert not alive(pid)
