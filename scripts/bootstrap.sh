@@ -21,6 +21,7 @@ apt_packages=(
   # a real OS keyring, headless
   gnome-keyring dbus
   sqlite3
+  tshark  # packet capture for tests/security (noninteractive: no setuid dumpcap, no prompt)
 )
 
 need_sudo() { if [ "$(id -u)" -ne 0 ]; then echo sudo; fi; }
