@@ -51,7 +51,9 @@ class FakeNavigator:
         pass
 
 
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    # Generous: on 2 loaded cores a view that shows in 50 ms alone has been
+    # seen to need more than 10 s. A pass costs only the time it takes.
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
