@@ -183,7 +183,7 @@ class Announcer:
                 self.url,
                 ssl=pin_ssl(self._plan.pin),
                 heartbeat=HEARTBEAT_S,
-                max_msg_size=protocol.MAX_FRAME_BYTES,
+                max_msg_size=protocol.WS_MAX_MSG_SIZE,
             )
         except aiohttp.ServerFingerprintMismatch as exc:
             raise EnrolError(mismatch_message(exc)) from None

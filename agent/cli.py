@@ -1,8 +1,12 @@
 """``restic-manager-agent``: enrol (or announce) this host, or run the agent.
 
-Exit codes (scripts rely on them): 0 ok, 2 usage or configuration error,
-1 any other failure. A failure prints one line on stderr that says what
-went wrong and what to do about it.
+Exit codes (scripts and the service unit rely on them): 0 ok, 2 usage or
+configuration error (the service manager does not restart the agent:
+someone has to fix it), 3 the state dir cannot be written (disk full,
+read-only; retried, as it may clear by itself), 75 restart into a new
+binary after a self-update, 1 any other failure. A failure prints one
+line on stderr (the journal, under systemd) that says what went wrong and
+what to do about it.
 """
 
 from __future__ import annotations

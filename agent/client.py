@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+# The state dir cannot be written (full, read-only): unlike a usage or config
+# error (2), it can clear by itself, so the service manager keeps retrying.
+EXIT_STATE_DIR = 3
 
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -214,7 +217,7 @@ class AgentClient:
                 self.ws_url,
                 headers={"Authorization": f"Bearer {self._bearer}"},
                 ssl=pin_ssl(self._config.cert_sha256),
-                max_msg_size=protocol.MAX_FRAME_BYTES,
+                max_msg_size=protocol.WS_MAX_MSG_SIZE,
                 heartbeat=self._heartbeat_interval,
                 autoping=True,
             )
@@ -771,7 +774,7 @@ class Agent:
             outbox = Outbox(state_dir / OUTBOX_FILE_NAME)
         except (OutboxError, OSError) as exc:
             raise AgentStartError(
-                f"cannot open the outbox in {state_dir}: {exc}", EXIT_FAILURE
+                f"cannot open the outbox in {state_dir}: {exc}", EXIT_STATE_DIR
             ) from None
         try:
             restic = await locate_restic(config.restic_path)

@@ -31,6 +31,13 @@ class ConfigError(Exception):
     """The config file is missing or invalid; the message says what to fix."""
 
 
+# What to do about a config file that is there but unusable.
+_FIX = (
+    " Correct the file, or enrol this host again to write a new one "
+    "(run the install command from restic-manager's Add host page)."
+)
+
+
 @dataclass
 class AgentConfig:
     server_url: str
@@ -62,16 +69,19 @@ def load_config(path: Path) -> AgentConfig:
             "command shown in restic-manager (Add host), or pass --config with the right path."
         ) from None
     except OSError as exc:
-        raise ConfigError(f"Cannot read agent config {path}: {exc}") from exc
+        raise ConfigError(
+            f"Cannot read agent config {path}: {exc}. The agent's user must be able to read it."
+        ) from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"Agent config {path} is not UTF-8 text (invalid byte at offset {exc.start})."
+            f"Agent config {path} is not UTF-8 text (invalid byte at offset {exc.start}): "
+            "it is damaged." + _FIX
         ) from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message already ends with "(at line N, column M)".
-        raise ConfigError(f"Agent config {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"Agent config {path} is not valid TOML: {exc}." + _FIX) from None
 
     problems: list[str] = []
     unknown = sorted(set(data) - set(_FIELDS))
@@ -95,13 +105,13 @@ def load_config(path: Path) -> AgentConfig:
             continue
         values[name] = value
     if problems:
-        raise ConfigError(f"Agent config {path} is invalid: " + "; ".join(problems) + ".")
+        raise ConfigError(f"Agent config {path} is invalid: " + "; ".join(problems) + "." + _FIX)
 
     cfg = AgentConfig(**values)
     cfg.cert_sha256 = normalize_fingerprint(cfg.cert_sha256)
     problems = validate_config(cfg)
     if problems:
-        raise ConfigError(f"Agent config {path} is invalid: " + "; ".join(problems) + ".")
+        raise ConfigError(f"Agent config {path} is invalid: " + "; ".join(problems) + "." + _FIX)
     return cfg
 
 

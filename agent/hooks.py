@@ -81,11 +81,29 @@ async def run_hook(
     exited = asyncio.ensure_future(wait_exit(proc))
     cancel_wait = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
     timed_out = cancelled = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + time_limit
     try:
-        waits: set[asyncio.Future[object]] = {exited}  # type: ignore[arg-type]
+        waits: set[asyncio.Future[object]] = {exited, reader}  # type: ignore[arg-type]
         if cancel_wait is not None:
             waits.add(cancel_wait)  # type: ignore[arg-type]
-        await asyncio.wait(waits, timeout=time_limit, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            done, _ = await asyncio.wait(
+                waits,
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if reader in done:
+                waits.discard(reader)
+                if not reader.cancelled() and reader.exception() is not None:
+                    # ``on_line`` failed (the outbox cannot store the line): nobody
+                    # reads the pipe any more, and a hook that keeps printing would
+                    # block on it until the time limit. Stop it and say why.
+                    await _stop(proc, grace)
+                    await _discard_output(proc, grace)
+                    reader.result()
+            if not done or exited in done or (cancel_wait is not None and cancel_wait in done):
+                break
         if not exited.done():
             cancelled = cancel_wait is not None and cancel_wait.done()
             timed_out = not cancelled
@@ -168,6 +186,15 @@ async def _drain(
     with contextlib.suppress(ProcessLookupError):
         # Both pipes are closed now; let asyncio release the transport.
         await proc.wait()
+
+
+async def _discard_output(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Read what is left in the pipe to its end, so asyncio can release it."""
+    assert proc.stdout is not None
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(max(grace, 0.0)):
+            while await proc.stdout.read(1 << 16):
+                pass
 
 
 def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:

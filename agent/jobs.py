@@ -83,6 +83,8 @@ LOCKED_ADVICE = (
 POST_HOOK_AFTER_CANCEL_S = 60.0
 # restic 0.18 exits 0 when an append-only server refuses to delete a snapshot.
 _NOT_REMOVED_RE = re.compile(r"unable to remove \S+ from the repository")
+# What `restic unlock` says (0.17+) when it removed stale locks; silent when none.
+_REMOVED_LOCKS_RE = re.compile(r"successfully removed (\d+) locks")
 
 Emit = Callable[[protocol.Message], None]
 
@@ -251,7 +253,9 @@ class _Job:
         line = protocol.LogLine(seq=self.seq(), ts=self._deps.clock(), stream=stream, text=text)
         self._lines.append(line)
         self.lines_written += 1
-        self._line_bytes += len(text.encode("utf-8", errors="replace")) + 64
+        # The line's size in the frame, not its raw size: JSON spells a control
+        # character in six bytes, so 64 KiB of them take 384 KiB on the wire.
+        self._line_bytes += _json_text_bytes(text) + 64
         if len(self._lines) >= self._deps.log_batch_lines or self._line_bytes >= LOG_BATCH_BYTES:
             self.flush_logs()
         elif self._log_timer is None:
@@ -1045,6 +1049,7 @@ class JobRunner:
         failures: list[str] = []
         ran = 0
         async with self._repo_lock(job, repo):
+            await self._clear_stale_locks(job, repo)
             try:
                 for group in groups:
                     if group.retention.is_empty():
@@ -1145,6 +1150,7 @@ class JobRunner:
     async def _do_prune(self, job: _Job) -> _Outcome:
         repo = self._prepare(job)
         async with self._repo_lock(job, repo):
+            await self._clear_stale_locks(job, repo)
             result = await self._restic_run(job, repo.build(rc.prune_cmd))
             if result.exit_code != 0:
                 raise self._failure(job, result, repo)
@@ -1173,6 +1179,7 @@ class JobRunner:
                 job.log("stdout", _json_message(line) or line)
 
         async with self._repo_lock(job, repo):
+            await self._clear_stale_locks(job, repo)
             if percent is not None:
                 job.log("agent", f"checking the repository, reading {percent}% of its data")
             result = await self._restic_run(job, command, on_stdout=on_stdout)
@@ -1230,6 +1237,30 @@ class JobRunner:
         async with self._repo_lock(job, repo):
             await self._report_stats(job, repo, strict=True)
         return _Outcome(status="succeeded", exit_code=0)
+
+    async def _clear_stale_locks(self, job: _Job, repo: _Repo) -> None:
+        """Before a job that takes the exclusive lock (forget, prune, check):
+        remove the locks restic itself calls stale (their process on this host
+        is gone, or they are older than 30 min), such as the one a restic
+        killed mid-backup leaves. Live locks stay; the job then waits for them
+        and fails as locked if they do not go away."""
+        out: list[str] = []
+        result = await self._restic_run(
+            job, repo.build(rc.unlock_cmd), on_stdout=out.append, on_stderr=out.append
+        )
+        if result.exit_code != 0:
+            # Not fatal: the job's own restic run says what is wrong.
+            job.log("agent", f"could not look for stale locks: {self._error_text(job, result)}")
+            return
+        removed = [int(m[1]) for line in out if (m := _REMOVED_LOCKS_RE.search(line))]
+        if removed and removed[-1] > 0:
+            job.log(
+                "agent",
+                f"removed {removed[-1]} stale lock(s) left by restic processes that are gone",
+            )
+        elif any("successfully removed locks" in line for line in out):
+            # restic before 0.17 says so whether or not there was a lock.
+            job.log("agent", "stale locks left by restic processes that are gone, if any, removed")
 
     async def _do_unlock(self, job: _Job) -> _Outcome:
         repo = self._prepare(job)
@@ -1573,6 +1604,11 @@ def _snapshot_info(s: rparse.SnapshotInfo, redactor: Redactor) -> protocol.Snaps
         tags=[redactor.redact(t) for t in s.tags],
         tree=s.tree,
     )
+
+
+def _json_text_bytes(text: str) -> int:
+    """Bytes ``text`` takes as a JSON string in a frame (as protocol.encode writes it)."""
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", errors="replace"))
 
 
 def _snapshot_pages(

@@ -28,6 +28,10 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024
+# aiohttp's max_msg_size for sockets that carry protocol frames: aiohttp
+# refuses payloads of max_msg_size bytes *or more*, the protocol allows
+# frames of up to MAX_FRAME_BYTES inclusive.
+WS_MAX_MSG_SIZE = MAX_FRAME_BYTES + 1
 # Nesting deeper than any legitimate payload is refused before it reaches
 # the type walker, so a hostile frame cannot exhaust the stack.
 MAX_NESTING = 32
@@ -765,6 +769,8 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ProtocolError(f"{where}: expected a string")
+        # Also for what does not come through decode (the enrol request's body).
+        _check_text(value, where)
         return value
     raise ProtocolError(f"{where}: unsupported type {hint!r}")
 
@@ -773,15 +779,28 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _check_text(value: str, where: str | None = None) -> None:
+    # JSON may spell an unpaired surrogate ("\\ud800"): such a string is not
+    # Unicode text, and can be neither stored (SQLite is UTF-8) nor encoded
+    # again. isascii() is O(1), so ordinary strings cost nothing here.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            what = f"{where}: text" if where else "frame has a string that"
+            raise ProtocolError(f"{what} is not Unicode text (an unpaired surrogate)") from None
+
+
 def _check_values(value: Any, depth: int) -> None:
     """Refuse what JSON allows but nobody should send: deep nesting, huge or
-    non-finite numbers, giant strings."""
+    non-finite numbers, giant strings, strings that are not Unicode text."""
     if depth > MAX_NESTING:
         raise ProtocolError(f"frame nests deeper than {MAX_NESTING} levels")
     if isinstance(value, dict):
         for k, v in value.items():
             if len(k) > MAX_STRING:
                 raise ProtocolError("frame has an oversized key")
+            _check_text(k)
             _check_values(v, depth + 1)
     elif isinstance(value, list):
         for v in value:
@@ -794,8 +813,10 @@ def _check_values(value: Any, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ProtocolError("frame has a number that is not finite")
-    elif isinstance(value, str) and len(value) > MAX_STRING:
-        raise ProtocolError(f"frame has a string longer than {MAX_STRING} characters")
+    elif isinstance(value, str):
+        if len(value) > MAX_STRING:
+            raise ProtocolError(f"frame has a string longer than {MAX_STRING} characters")
+        _check_text(value)
 
 
 def _reject_constant(name: str) -> Any:

@@ -41,6 +41,7 @@ def launch_command(
     *,
     agent_listen: str | None = None,
     api_listen: str | None = None,
+    allow_remote_api: bool = False,
 ) -> list[str]:
     """The command that starts this app again, minimised, on the same data dir."""
     exe = shutil.which("restic-manager") or str(Path(sys.executable).parent / "restic-manager")
@@ -49,6 +50,8 @@ def launch_command(
         argv += ["--agent-listen", agent_listen]
     if api_listen:
         argv += ["--api-listen", api_listen]
+    if allow_remote_api:
+        argv.append("--allow-remote-api")
     return [*argv, "--minimized"]
 
 

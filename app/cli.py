@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app import logging_setup
+from app import logging_setup, malloc_tuning
 from app.early_quit import EarlyQuit
 from app.paths import default_data_dir
 
@@ -26,6 +26,12 @@ def _endpoint(text: str) -> Endpoint:
         return Endpoint.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_ALLOW_REMOTE_HELP = (
+    "let --api-listen name an address beyond loopback (the API speaks plain HTTP: "
+    "keep it behind a firewall or a TLS tunnel)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="gui_api_listen",
         type=_endpoint,
         default="127.0.0.1:8766",
-        help="the operator API, HOST:PORT",
+        help="the operator API, HOST:PORT (loopback unless --allow-remote-api)",
+    )
+    parser.add_argument(
+        "--allow-remote-api",
+        dest="gui_allow_remote_api",
+        action="store_true",
+        help=_ALLOW_REMOTE_HELP,
     )
     parser.add_argument(
         "--advertise-host",
@@ -71,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the control plane headless (no GUI)")
     serve.add_argument("--data-dir", type=Path, default=None)
     serve.add_argument("--agent-listen", type=_endpoint, default="0.0.0.0:8765")
-    serve.add_argument("--api-listen", type=_endpoint, default="127.0.0.1:8766")
+    serve.add_argument(
+        "--api-listen",
+        type=_endpoint,
+        default="127.0.0.1:8766",
+        help="the operator API, HOST:PORT (loopback unless --allow-remote-api)",
+    )
+    serve.add_argument("--allow-remote-api", action="store_true", help=_ALLOW_REMOTE_HELP)
     serve.add_argument(
         "--advertise-host", default=None, help="host name or address agents use to reach this app"
     )
@@ -85,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything allocates large buffers: both `serve` and the GUI.
+    malloc_tuning.tune_malloc()
     early_quit = EarlyQuit().install()
     parser = build_parser()
     try:
@@ -112,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=(args.data_dir or default_data_dir()).expanduser().resolve(),
             agent_listen=agent_listen,
             api_listen=api_listen,
+            api_allow_remote=args.allow_remote_api,
             advertise_host=args.advertise_host,
         )
         return asyncio.run(run_serve(config))
@@ -121,13 +142,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _gui(args: argparse.Namespace, early_quit: EarlyQuit) -> int:
+    from server_core.control_plane import ControlPlaneConfig, UnsafeApiListen, check_api_listen
+
+    try:
+        # Before Qt starts: the refusal belongs on the terminal that asked for it.
+        check_api_listen(args.gui_api_listen, args.gui_allow_remote_api)
+    except UnsafeApiListen as exc:
+        early_quit.uninstall()
+        print(f"restic-manager: {exc}", file=sys.stderr)
+        return 2
     from app.gui import run_gui
-    from server_core.control_plane import ControlPlaneConfig
 
     config = ControlPlaneConfig(
         data_dir=(args.gui_data_dir or default_data_dir()).expanduser().resolve(),
         agent_listen=args.gui_agent_listen,
         api_listen=args.gui_api_listen,
+        api_allow_remote=args.gui_allow_remote_api,
         advertise_host=args.gui_advertise_host,
     )
     return run_gui(config, minimized=args.minimized, early_quit=early_quit)

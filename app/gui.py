@@ -250,6 +250,7 @@ class StartAtLogin(QObject):
             if cfg.agent_listen == DEFAULT_AGENT_LISTEN
             else str(cfg.agent_listen),
             api_listen=None if cfg.api_listen == DEFAULT_API_LISTEN else str(cfg.api_listen),
+            allow_remote_api=cfg.api_allow_remote,
         )
 
     def set_enabled(self, on: bool) -> None:

@@ -429,6 +429,9 @@ def systemd_unit(command: AgentCommand, config: Path) -> str:
         *(f"Environment={_systemd_assignment(k, v)}" for k, v in command.env),
         "Restart=always",
         "RestartSec=10",
+        # Exit 2 is a configuration error: restarting repeats it and buries
+        # the one line that says what to correct.
+        "RestartPreventExitStatus=2",
         "",
         "[Install]",
         "WantedBy=default.target",

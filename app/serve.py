@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import sys
 
-from server_core.control_plane import ControlPlane, ControlPlaneConfig
+from server_core.control_plane import (
+    ControlPlane,
+    ControlPlaneConfig,
+    UnsafeApiListen,
+    check_api_listen,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _banner(cp: ControlPlane) -> str:
@@ -45,12 +40,12 @@ def _banner(cp: ControlPlane) -> str:
 
 
 async def run_serve(config: ControlPlaneConfig) -> int:
-    if not _is_loopback(config.api_listen.host):
-        log.warning(
-            "the operator API listens on %s, not on loopback: anyone who can reach it and "
-            "holds an API token controls the fleet; keep it behind a firewall",
-            config.api_listen,
-        )
+    try:
+        check_api_listen(config.api_listen, config.api_allow_remote)
+    except UnsafeApiListen as exc:
+        log.error("%s", exc)
+        return 2
+    # The control plane logs the warning of an API beyond loopback when it starts.
     cp = ControlPlane(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,12 +10,13 @@ import time
 from typing import Any, get_args
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from agent.protocol import (
     AGENT_MESSAGES,
     ANNOUNCE_PATH,
     ENROL_PATH,
-    MAX_FRAME_BYTES,
+    WS_MAX_MSG_SIZE,
     WS_PATH,
     Ack,
     Announce,
@@ -52,7 +53,7 @@ from server_core.models import Host
 from server_core.rate_limit import retry_after_header
 from server_core.rpc import RpcBroker
 from server_core.services.context import ServiceContext
-from server_core.services.enrolment import EnrolmentService
+from server_core.services.enrolment import EnrolmentService, RateLimited
 from server_core.services.jobs import mark_dispatched
 from server_core.services.pending_hosts import (
     CheckedAnnounce,
@@ -73,6 +74,50 @@ ANNOUNCE_MAX_FRAME = 16 * 1024
 ANNOUNCE_STEP_TIMEOUT_S = 30.0
 ANNOUNCE_HEARTBEAT_S = 30.0
 ANNOUNCE_MAX_BAD_FRAMES = 5
+# Fairness between agents: a connection has at most this much in the shared
+# ingest queue that is not yet stored and acknowledged; past it, its socket
+# is not read (TCP pushes back on that agent alone). One chatty agent then
+# delays another's events by the time to write one such window, not by
+# whatever it managed to queue.
+MAX_UNACKED_EVENTS = 64
+MAX_UNACKED_BYTES = 1024 * 1024
+# Frames larger than this are decoded on a worker thread: building a large
+# report's dataclasses is pure Python (tens of ms for 700 KB), which would
+# otherwise hold the loop the desktop window shares. On the thread it gives
+# the loop the interpreter back every few ms.
+DECODE_OFF_LOOP_CHARS = 64 * 1024
+
+
+HTTP_LOGGER = "server_core.agent_listener.http"
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs every malformed HTTP request it refuses (400) at ERROR with
+    a traceback; on the agent port anyone on the LAN can send one at will.
+    This turns such a record into one WARNING line that says who and why;
+    any other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and record.levelno > logging.WARNING:
+            reason = str(exc.message or type(exc).__name__).strip().splitlines() or ["?"]
+            said = record.getMessage()  # "Error handling request from <address>"
+            record.msg = "%s: malformed HTTP request refused (%s): %s"
+            record.args = (said, exc.code, reason[0][:200].rstrip(":"))
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def http_logger() -> logging.Logger:
+    """The logger for aiohttp's own server records on the agent port (give it
+    to the AppRunner as ``logger=``): malformed requests come out as one line."""
+    logger = logging.getLogger(HTTP_LOGGER)
+    if not any(isinstance(f, MalformedRequestFilter) for f in logger.filters):
+        logger.addFilter(MalformedRequestFilter())
+    return logger
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -120,24 +165,26 @@ class AgentListener:
         try:
             response = await self._enrolment.redeem(req, request.remote)
         except ServiceError as exc:
-            return json_error(exc.status, exc.code, exc.message)
+            refused = json_error(exc.status, exc.code, exc.message)
+            if isinstance(exc, RateLimited):
+                refused.headers["Retry-After"] = exc.retry_after
+            return refused
         log.info("host %s enrolled from %s", response.hostname, request.remote)
         return web.json_response(to_dict(response))
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        header = request.headers.get("Authorization", "")
-        scheme, _, bearer = header.partition(" ")
-        host_id = None
-        if scheme.lower() == "bearer" and bearer.strip():
-            host_id = await self._enrolment.authenticate(bearer.strip())
-        if host_id is None:
-            log.info("refused an agent connection from %s: bad bearer", request.remote)
-            return json_error(
-                401, "unauthorized", "unknown or revoked agent credentials: re-enrol this host"
-            )
+        host_id = await self._enrolment.authenticate_agent(
+            request.headers.get("Authorization", ""), request.remote
+        )
+        if not isinstance(host_id, int):
+            log.info("refused an agent connection from %s: %s", request.remote, host_id.reason)
+            refused = json_error(host_id.status, host_id.code, host_id.message)
+            if host_id.retry_after is not None:
+                refused.headers["Retry-After"] = host_id.retry_after
+            return refused
         # A short close timeout: a dead peer must not hold up whoever closes it.
         ws = web.WebSocketResponse(
-            max_msg_size=MAX_FRAME_BYTES, heartbeat=None, timeout=CLOSE_TIMEOUT_S
+            max_msg_size=WS_MAX_MSG_SIZE, heartbeat=None, timeout=CLOSE_TIMEOUT_S
         )
         await ws.prepare(request)
         hello = await self._receive_hello(ws)
@@ -151,6 +198,11 @@ class AgentListener:
         try:
             await self._on_hello(conn, hello)
             reason = await self._serve(conn)
+        except ConnectionError as exc:
+            # The peer vanished while we answered it (e.g. a reset right after
+            # a bad frame): the connection is lost, nothing failed here.
+            log.info("agent connection of host %s lost: %s", host_id, exc)
+            reason = "connection lost"
         except Exception:
             log.exception("agent connection of host %s failed", host_id)
             reason = "internal error"
@@ -251,7 +303,7 @@ class AgentListener:
             conn.touch()
             if msg.type == WSMsgType.TEXT:
                 try:
-                    envelope = decode(msg.data, allowed=AGENT_MESSAGES)
+                    envelope = await _decode(msg.data)
                 except ProtocolError as exc:
                     bad_frames += 1
                     log.warning("bad frame from host %s: %s", conn.host_id, exc)
@@ -262,6 +314,8 @@ class AgentListener:
                         )
                         return "too many bad frames"
                     continue
+                if envelope.payload.DURABLE:
+                    await sink.reserve(envelope.id, len(msg.data))
                 await self._handle(conn, envelope.payload, envelope, sink)
                 # Frames already buffered come back without a pause: yield so a
                 # backlog is decoded one frame per loop step, not in one long one.
@@ -297,10 +351,16 @@ class AgentListener:
             await conn.send(Error(code="bad_frame", message="hello was already received"))
 
     async def _schedule_acked(self, host_id: int, version: int) -> None:
-        def run() -> None:
+        def run() -> bool:
+            # Only the plan version this control plane holds can be acknowledged:
+            # an older one is stale, any other was never sent.
             changed = (
                 Host.update(schedule_acked_version=version)
-                .where((Host.id == host_id) & (Host.schedule_acked_version != version))
+                .where(
+                    (Host.id == host_id)
+                    & (Host.schedule_version == version)
+                    & (Host.schedule_acked_version != version)
+                )
                 .execute()
             )
             if changed:
@@ -312,9 +372,10 @@ class AgentListener:
                     target_id=host_id,
                     payload={"version": version},
                 )
+            return bool(changed)
 
-        await self._ctx.store.transaction(run)
-        self._ctx.bus.publish(HostChanged(host_id))
+        if await self._ctx.store.transaction(run):
+            self._ctx.bus.publish(HostChanged(host_id))
 
     # -- announce-and-approve ------------------------------------------------------
 
@@ -486,17 +547,55 @@ class _AnnounceChannel:
         return envelope.payload
 
 
+async def _decode(data: str) -> Envelope:
+    if len(data) > DECODE_OFF_LOOP_CHARS:
+        return await asyncio.to_thread(decode, data, allowed=AGENT_MESSAGES)
+    return decode(data, allowed=AGENT_MESSAGES)
+
+
 def _error_code(code: str) -> ErrorCode:
     return code if code in get_args(ErrorCode) else "bad_frame"  # type: ignore[return-value]
 
 
 class _ConnectionSink:
+    """Where a connection's events are acknowledged, and its window of events
+    submitted but not yet acknowledged (MAX_UNACKED_*)."""
+
     def __init__(self, conn: AgentConnection) -> None:
         self._conn = conn
+        self._unacked: dict[str, int] = {}
+        self._unacked_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._aborted = False
+
+    def _full(self) -> bool:
+        # One event always fits, however large: an empty window never blocks.
+        return bool(self._unacked) and (
+            len(self._unacked) >= MAX_UNACKED_EVENTS or self._unacked_bytes >= MAX_UNACKED_BYTES
+        )
+
+    async def reserve(self, msg_id: str, size: int) -> None:
+        """Wait until the window has room, then count the event in it; called
+        before the event is submitted to the ingestor."""
+        while self._full() and not self._aborted:
+            self._room.clear()
+            await self._room.wait()
+        self._unacked[msg_id] = self._unacked.get(msg_id, 0) + size
+        self._unacked_bytes += size
+
+    def _release(self, ids: list[str]) -> None:
+        for msg_id in ids:
+            self._unacked_bytes -= self._unacked.pop(msg_id, 0)
+        if not self._full():
+            self._room.set()
 
     async def ack(self, ids: list[str]) -> None:
+        self._release(ids)
         if not self._conn.ws.closed:
             await self._conn.send(Ack(ids=ids))
 
     async def abort(self, reason: str) -> None:
+        self._aborted = True
+        self._room.set()
         await self._conn.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=reason.encode()[:120])

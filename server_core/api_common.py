@@ -30,9 +30,36 @@ MAX_ID = 2**63 - 1
 def int_param(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
     what = name.removesuffix("_id").replace("_", " ")
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    if not is_whole_number(raw) or len(raw) > 19 or not 0 < int(raw) <= MAX_ID:
         raise NotFound(f"{what} {raw[:40]!r} does not exist")
     return int(raw)
+
+
+def is_whole_number(raw: str) -> bool:
+    """ASCII digits only: str.isdigit() is also true for '²' or '٣', which int()
+    refuses or reads as a number nobody typed."""
+    return raw.isascii() and raw.isdigit()
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """True if any string (or key) in a decoded JSON value is not Unicode text:
+    JSON may spell an unpaired surrogate ("\\ud800"), which nothing downstream
+    can store or send. Iterative, so nesting depth costs no stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
@@ -42,6 +69,10 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         raise InvalidInput("the request body must be valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
+    if _lone_surrogate(body):
+        raise InvalidInput(
+            "the request body holds text that is not valid Unicode (an unpaired surrogate)"
+        )
     return body
 
 
@@ -49,7 +80,7 @@ def query_int(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 10:
+    if not is_whole_number(raw) or len(raw) > 10:
         raise InvalidInput(f"'{name}' must be a whole number", field=name)
     return int(raw)
 

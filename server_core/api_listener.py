@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from server_core.api_common import (
     Handler,
     error_response,
     int_param,
+    is_whole_number,
     optional_id,
     query_int,
     read_body,
@@ -25,10 +27,11 @@ from server_core.api_common import (
 from server_core.api_pending import PendingHosts, PendingHostsApi
 from server_core.api_updates import Updates, UpdatesApi
 from server_core.errors import InvalidInput, ServiceError
+from server_core.rate_limit import FailureGuard, retry_after_header
 from server_core.services.api_tokens import authenticate_api_token
 from server_core.services.audit_log import AuditService
 from server_core.services.context import Actor, ServiceContext
-from server_core.services.enrolment import EnrolmentService, parse_new_host
+from server_core.services.enrolment import EnrolmentService, RefusalAudit, parse_new_host
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import RUN_NOW_KINDS, MaintenanceService
@@ -48,6 +51,13 @@ JOB_SPECS: dict[str, tuple[str, ...]] = {
     "restore": ("snapshot_id", "paths", "target_dir", "in_place", "confirm_hostname"),
     "diff": ("snapshot_a", "snapshot_b"),
 }
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def tree_listing_json(listing: TreeListing) -> dict[str, Any]:
@@ -103,6 +113,10 @@ class ApiListener:
         self._offline_bundles = offline_bundles
         self._pending_hosts = pending_hosts
         self._updates = updates
+        # Wrong API tokens: audited (a row per source a minute), and held off per
+        # source when the API is reachable from other machines.
+        self._refusals = RefusalAudit(ctx)
+        self._failures = FailureGuard()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
@@ -178,11 +192,33 @@ class ApiListener:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.match_info.route.name == METRICS_ROUTE:
             return await handler(request)  # its own token, checked by the handler
+        source = request.remote or "unknown"
+        limited = not _is_loopback(source)
+        held = self._failures.check(source) if limited else None
+        if held is not None and not held.allowed:
+            self._refusals.record(
+                "api", "api.rate_limited", source, {"reason": "too many failures"}
+            )
+            response = error_response(
+                429, "rate_limited", f"too many requests with a bad API token from {source}"
+            )
+            response.headers["Retry-After"] = retry_after_header(held.retry_after_s)
+            return response
         scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
         token_id = None
+        reason = "no API token"
         if scheme.lower() == "bearer" and raw.strip():
             token_id = await self._ctx.store.call(authenticate_api_token, raw.strip())
+            reason = "unknown or revoked API token"
         if token_id is None:
+            if limited:
+                self._failures.failed(source)
+            self._refusals.record(
+                "api",
+                "api.auth_refused",
+                source,
+                {"reason": reason, "method": request.method, "path": request.path[:200]},
+            )
             return error_response(401, "unauthorized", "missing or invalid API token")
         request[ACTOR_KEY] = Actor("api", f"token:{token_id}")
         return await handler(request)
@@ -364,7 +400,7 @@ class ApiListener:
     async def repo_stats(self, request: web.Request) -> web.Response:
         host_id = int_param(request, "host_id")
         raw = request.query.get("days", "365")
-        if not raw.isdigit() or len(raw) > 6:
+        if not is_whole_number(raw) or len(raw) > 6:
             raise InvalidInput("'days' must be a whole number of days", field="days")
         view = await self._maintenance.repo_stats(host_id, int(raw))
         return web.json_response(as_json(view))

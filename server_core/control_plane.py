@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import keyring.backend
 from aiohttp import web
 
 from server_core.agent_downloads import AgentDownloads, bundled_installers_dir
-from server_core.agent_listener import AgentListener
+from server_core.agent_listener import AgentListener, http_logger
 from server_core.api_listener import ApiListener
 from server_core.crypto import SecretBox, load_or_create_data_key
 from server_core.events import EventBus
@@ -48,6 +49,39 @@ from server_core.views import ServerInfo
 log = logging.getLogger(__name__)
 
 DB_FILE = "restic-manager.sqlite3"
+ALLOW_REMOTE_API_FLAG = "--allow-remote-api"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class UnsafeApiListen(ValueError):
+    """The operator API asked to listen beyond loopback without saying so."""
+
+
+def check_api_listen(api_listen: Endpoint, allow_remote: bool) -> str | None:
+    """The warning to show when the operator API listens beyond loopback, or
+    None on loopback. Without ``allow_remote`` a non-loopback address is refused:
+    the API speaks plain HTTP, and its tokens control the whole fleet."""
+    if is_loopback_host(api_listen.host):
+        return None
+    if not allow_remote:
+        raise UnsafeApiListen(
+            f"the operator API would listen on {api_listen}, beyond this computer: it "
+            "speaks plain HTTP and its tokens control every host. Keep it on 127.0.0.1, "
+            f"or pass {ALLOW_REMOTE_API_FLAG} if a firewall or tunnel protects it"
+        )
+    return (
+        f"The operator API listens on {api_listen}, not on loopback ({ALLOW_REMOTE_API_FLAG}): "
+        "it speaks plain HTTP, so anyone on that network who sees an API token controls "
+        "the fleet. Keep it behind a firewall or a TLS tunnel."
+    )
 
 
 def product_version() -> str:
@@ -78,6 +112,8 @@ class ControlPlaneConfig:
     data_dir: Path
     agent_listen: Endpoint = field(default_factory=lambda: Endpoint("0.0.0.0", 8765))
     api_listen: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 8766))
+    # Needed for an api_listen beyond loopback (ALLOW_REMOTE_API_FLAG).
+    api_allow_remote: bool = False
     advertise_host: str | None = None
     offline_after_s: float = 90.0
     # How often due forget/prune are looked for (also on each host coming online).
@@ -106,6 +142,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         cfg = self.config
+        api_warning = check_api_listen(cfg.api_listen, cfg.api_allow_remote)
         cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A keyring call goes over D-Bus and may wait on an unlock prompt.
         key = await asyncio.get_running_loop().run_in_executor(
@@ -119,6 +156,9 @@ class ControlPlane:
         )
         self.key_source = key.source
         self.warnings = [key.warning] if key.warning else []
+        if api_warning is not None:
+            log.warning("%s", api_warning)
+            self.warnings.append(api_warning)
         await self.store.open()
         loop = asyncio.get_running_loop()
         # Reverse DNS and key generation can take seconds: not on the loop.
@@ -199,7 +239,11 @@ class ControlPlane:
             pending_hosts=self.pending_hosts,
         ).app()
         agent_runner = web.AppRunner(
-            agent_app, handle_signals=False, access_log=None, shutdown_timeout=2.0
+            agent_app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=2.0,
+            logger=http_logger(),
         )
         await agent_runner.setup()
         self._runners.append(agent_runner)

@@ -51,7 +51,9 @@ def parse_repository(data: Any, field: str = "repository") -> RepoCredentials:
         if value is not None and (not isinstance(value, str) or len(value) > 1024):
             raise InvalidInput(f"'{field}.{name}' must be a string", field=f"{field}.{name}")
         optional[name] = value or None
-    env = data.get("env") or {}
+    env = data.get("env")
+    if env is None:  # only null (or no field) means "no variables"
+        env = {}
     if not isinstance(env, dict):
         raise InvalidInput(f"'{field}.env' must be an object", field=f"{field}.env")
     for key, value in env.items():

@@ -133,7 +133,14 @@ class EventIngestor:
     async def _write(self, batch: list[Incoming]) -> None:
         if not batch:
             return
-        committed, failed, events = await self._commit(batch)
+        try:
+            committed, failed, events = await self._commit(batch)
+        except Exception:
+            # Neither stored nor refused: treated as failed, so the links are
+            # dropped and the agents replay (and no connection's window of
+            # unacknowledged events stays full).
+            log.exception("failed to write a batch of %d agent events", len(batch))
+            committed, failed, events = [], batch, []
         self.applied += len(committed)
         by_sink: dict[AgentSink, list[str]] = {}
         for item in committed:

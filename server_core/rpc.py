@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.protocol import ProtocolError, RpcCall, RpcResult, new_id
+from server_core import audit
 from server_core.errors import (
     AgentFailed,
     AgentTimeout,
@@ -59,6 +60,7 @@ class RpcBroker:
         self._max_pending = max_pending_per_host
         self._pending: dict[str, _Pending] = {}
         self._per_host: dict[int, int] = {}
+        self._audits: set[asyncio.Task[None]] = set()
         hub.on_departure(self._connection_departed)
 
     def pending_count(self, host_id: int | None = None) -> int:
@@ -137,9 +139,31 @@ class RpcBroker:
                 result.call_id,
                 pending.host_id,
             )
+            # Call ids are random: only an agent that learnt another host's call
+            # id gets here, which is worth a row (and cannot be a flood).
+            self._audit_refused(conn.host_id, pending)
             return
         if not pending.future.done():
             pending.future.set_result(result)
+
+    def _audit_refused(self, host_id: int, pending: _Pending) -> None:
+        task = asyncio.get_running_loop().create_task(self._write_refusal(host_id, pending))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    async def _write_refusal(self, host_id: int, pending: _Pending) -> None:
+        try:
+            await self._store.transaction(
+                audit.record,
+                "agent",
+                "agent.rpc_result_refused",
+                actor_id=host_id,
+                target_kind="host",
+                target_id=pending.host_id,
+                payload={"method": pending.method, "reason": "the call went to another host"},
+            )
+        except Exception as exc:  # the store closed under us: the log line above stays
+            log.warning("could not audit a refused rpc result of host %s: %s", host_id, exc)
 
     def _connection_departed(self, conn: AgentConnection) -> None:
         for pending in self._pending.values():

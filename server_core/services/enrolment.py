@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import logging
 import re
 import shlex
 import time
@@ -13,13 +15,17 @@ from typing import Any
 
 from agent.protocol import EnrolRequest, EnrolResponse, RepoCredentials, redact_url
 from server_core import audit, credentials, maintenance_plan, tokens
+from server_core.audit import ActorKind
 from server_core.crypto import SecretBox
-from server_core.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from server_core.errors import Conflict, InvalidInput, NotFound, ServiceError, Unauthorized
 from server_core.events import HostChanged
 from server_core.models import EnrolmentToken, Host, SourceGroup
+from server_core.rate_limit import AuditThrottle, FailureGuard, retry_after_header
 from server_core.services.context import SYSTEM, Actor, ServiceContext
 from server_core.services.jobs import create_job
 from server_core.views import EnrolmentTokenView
+
+log = logging.getLogger(__name__)
 
 TOKEN_TTL_S = 3600.0
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -63,6 +69,69 @@ class AgentEndpoint:
 
 
 TOKEN_STATES = ("active", "used", "expired", "revoked")
+
+
+class RateLimited(ServiceError):
+    """A source that failed to authenticate too often, held off before any check."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after_header(retry_after_s)
+
+
+@dataclass(frozen=True)
+class AuthRefused:
+    """Why an agent's connection is refused before the WebSocket upgrade."""
+
+    status: int
+    code: str
+    message: str
+    reason: str  # for the log and the audit row
+    retry_after: str | None = None
+
+
+class RefusalAudit:
+    """Refusals on record, one audit row per action, source and reason a minute
+    (``AuditThrottle``): the row carries ``repeats``, the refusals left out since
+    the previous one, so a flood costs a row a minute, not a row a request.
+
+    The row is written in the background: a refusal is answered at once, even
+    while the store is busy."""
+
+    def __init__(self, ctx: ServiceContext, throttle: AuditThrottle | None = None) -> None:
+        self._ctx = ctx
+        self.throttle = throttle if throttle is not None else AuditThrottle()
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def record(
+        self,
+        actor_kind: ActorKind,
+        action: str,
+        source: str | None,
+        payload: dict[str, Any],
+    ) -> None:
+        key = "|".join((action, source or "unknown", str(payload.get("reason", ""))))
+        repeats = self.throttle.admit(key)
+        if repeats is None:
+            return
+        row = {**payload, "source_ip": source, "repeats": repeats}
+        task = asyncio.get_running_loop().create_task(self._write(actor_kind, action, row))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def flush(self) -> None:
+        """Wait for the rows under way (tests, shutdown)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def _write(self, actor_kind: ActorKind, action: str, payload: dict[str, Any]) -> None:
+        try:
+            await self._ctx.store.transaction(audit.record, actor_kind, action, payload=payload)
+        except Exception as exc:  # the store closed under us, or is broken: say so, go on
+            log.warning("could not audit %s from %s: %s", action, payload.get("source_ip"), exc)
 
 
 def token_state(row: EnrolmentToken, now: float) -> str:
@@ -140,6 +209,9 @@ class EnrolmentService:
         self._ctx = ctx
         self._install_command = install_command
         self._agent_endpoint = agent_endpoint
+        # Wrong enrolment tokens and bearers, per source address.
+        self.failures = FailureGuard()
+        self.refusals = RefusalAudit(ctx)
 
     def install_command(self, token: str) -> str:
         return self._install_command(token)
@@ -299,6 +371,16 @@ class EnrolmentService:
 
     async def redeem(self, req: EnrolRequest, source_ip: str | None) -> EnrolResponse:
         """An agent trades a one-time token for its host id and a persistent bearer."""
+        source = source_ip or "unknown"
+        held = self.failures.check(source)
+        if not held.allowed:
+            self.refusals.record(
+                "agent", "enrolment.rate_limited", source_ip, {"reason": "too many failures"}
+            )
+            raise RateLimited(
+                f"too many failed enrolments from {source}; wait a minute and try again",
+                retry_after_s=held.retry_after_s,
+            )
         bearer = tokens.new_token("rmb")
         now = time.time()
 
@@ -348,16 +430,13 @@ class EnrolmentService:
 
         outcome = await self._ctx.store.transaction(run)
         if isinstance(outcome, str):
+            self.failures.failed(source)
             # Its own transaction: the refusal is what must be kept.
-            await self._ctx.store.transaction(
-                audit.record,
+            self.refusals.record(
                 "agent",
                 "enrolment.refused",
-                payload={
-                    "reason": outcome,
-                    "hostname": req.hostname[:255],
-                    "source_ip": source_ip,
-                },
+                source_ip,
+                {"reason": outcome, "hostname": req.hostname[:255]},
             )
             raise Unauthorized(
                 f"enrolment refused: {outcome}; create a new token in the app "
@@ -365,6 +444,39 @@ class EnrolmentService:
             )
         self._ctx.bus.publish(HostChanged(outcome.host_id))
         return outcome
+
+    async def authenticate_agent(self, authorization: str, source: str | None) -> int | AuthRefused:
+        """The host an agent's ``Authorization`` header names, or why it is refused
+        (audited; a source that keeps failing is held off without a check)."""
+        where = source or "unknown"
+        held = self.failures.check(where)
+        if not held.allowed:
+            self.refusals.record(
+                "agent", "agent.rate_limited", source, {"reason": "too many failures"}
+            )
+            return AuthRefused(
+                429,
+                "rate_limited",
+                f"too many failed agent logins from {where}; wait a minute",
+                "rate limited",
+                retry_after_header(held.retry_after_s),
+            )
+        scheme, _, bearer = authorization.partition(" ")
+        host_id = None
+        reason = "no bearer"
+        if scheme.lower() == "bearer" and bearer.strip():
+            host_id = await self.authenticate(bearer.strip())
+            reason = "unknown or revoked bearer"
+        if host_id is not None:
+            return host_id
+        self.failures.failed(where)
+        self.refusals.record("agent", "agent.auth_refused", source, {"reason": reason})
+        return AuthRefused(
+            401,
+            "unauthorized",
+            "unknown or revoked agent credentials: re-enrol this host",
+            reason,
+        )
 
     async def authenticate(self, bearer: str) -> int | None:
         """The host a bearer belongs to, or None."""

@@ -55,7 +55,7 @@ from server_core.audit import ActorKind
 from server_core.errors import Conflict, InvalidInput, NotFound
 from server_core.events import HostChanged, PendingHostsChanged
 from server_core.models import Host, PendingHost
-from server_core.rate_limit import Decision, TokenBucketLimiter
+from server_core.rate_limit import AuditThrottle, Decision, TokenBucketLimiter
 from server_core.services.context import Actor, ServiceContext
 from server_core.services.enrolment import (
     HOSTNAME_RE,
@@ -252,6 +252,7 @@ class PendingHostService:
         self._sessions: dict[int, PendingSession] = {}
         self._undelivered: dict[str, _Undelivered] = {}
         self._throttle = _Throttle()
+        self._proof_audit = AuditThrottle(window_s=AUDIT_THROTTLE_S)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -348,18 +349,22 @@ class PendingHostService:
     # -- the handshake -------------------------------------------------------------
 
     async def proof_refused(self, checked: CheckedAnnounce, remote: str, reason: str) -> None:
-        """A wrong signature (or no proof): refused, and on record."""
+        """A wrong signature (or no proof): refused, and on record: one row per
+        source and reason a minute, which counts the refusals left out before it
+        (``repeats``), so a stream of forged proofs cannot fill the audit log."""
         log.warning("refused an announce from %s: %s (key %s)", remote, reason, checked.fingerprint)
-        await self._record(
-            "system",
-            "pending_host.proof_refused",
-            payload={
-                "source_ip": remote,
-                "fingerprint": checked.fingerprint,
-                "hostname": checked.announce.hostname,
-                "reason": reason,
-            },
-        )
+        repeats = self._proof_audit.admit(f"{remote}|{reason}")
+        if repeats is None:
+            return
+        payload: dict[str, Any] = {
+            "source_ip": remote,
+            "fingerprint": checked.fingerprint,
+            "hostname": checked.announce.hostname,
+            "reason": reason,
+        }
+        if repeats:
+            payload["repeats"] = repeats
+        await self._record("system", "pending_host.proof_refused", payload=payload)
 
     def verify(self, checked: CheckedAnnounce, nonce: bytes, signature_b64: str) -> bool:
         if len(nonce) != ANNOUNCE_NONCE_BYTES:

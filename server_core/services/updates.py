@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from agent.protocol import TERMINAL_STATUSES, CommandUpdate
+from agent.protocol import MAX_INT, TERMINAL_STATUSES, CommandUpdate
 from server_core import audit
 from server_core.agent_downloads import BINARY_PATH, AgentDownloads, BundledAgent
 from server_core.errors import Conflict, HostOffline, InvalidInput, NotFound, ServiceError
@@ -736,9 +736,9 @@ def _clean_ids(host_ids: Any) -> list[int] | None:
             f"'host_ids' must be a list of 1-{MAX_FLEET_HOSTS} host ids", field="host_ids"
         )
     for value in host_ids:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_INT:
             raise InvalidInput(
-                f"'host_ids' must hold positive whole numbers, got {value!r}", field="host_ids"
+                f"'host_ids' must hold positive whole numbers, got {value!r:.40}", field="host_ids"
             )
     return list(dict.fromkeys(host_ids))
 

@@ -96,12 +96,6 @@ def _refused_by_websocket_layer(frame: Frame) -> bool:
     return _size(frame) > p.MAX_FRAME_BYTES
 
 
-def _at_the_cap(frame: Frame) -> bool:
-    # Exactly MAX_FRAME_BYTES: the protocol takes it, aiohttp (for now) drops
-    # the connection (test_a_frame_of_exactly_the_cap_…, xfail). Either is fine here.
-    return frame.kind != "raw_text" and _size(frame) == p.MAX_FRAME_BYTES
-
-
 def _expected_errors(frame: Frame) -> int:
     """How many bad_frame errors the server must answer this frame with."""
     if frame.kind == "binary":
@@ -232,8 +226,7 @@ class HostileAgent:
         followed by waiting for the drop. Unpaced (floods), frames go out
         as fast as the socket takes them."""
         refused_by_ws = _refused_by_websocket_layer(frame)
-        at_cap = _at_the_cap(frame)
-        if paced and self._usable() and (refused_by_ws or at_cap or self.on_connection >= SEGMENT):
+        if paced and self._usable() and (refused_by_ws or self.on_connection >= SEGMENT):
             # Collect every answer owed on this connection before it ends
             # (a closing client discards what is still in flight).
             await self.settle()
@@ -242,7 +235,7 @@ class HostileAgent:
             if not self._usable():
                 await self.connect()
             assert self.ws is not None
-            if refused_by_ws or at_cap:
+            if refused_by_ws:
                 self._expect_drop = True
             try:
                 if frame.kind == "text":
@@ -264,13 +257,6 @@ class HostileAgent:
                 assert self._reader is not None
                 await asyncio.wait_for(asyncio.shield(self._reader), 10)
                 self.dropped += 1
-            elif paced and at_cap:
-                connection = self.connections
-                await self.settle()
-                if self.connections == connection:  # survived: it was answered
-                    self.expected_errors += _expected_errors(frame)
-                else:
-                    self.dropped += 1
             elif paced:
                 self.expected_errors += _expected_errors(frame)
             return

@@ -3,9 +3,8 @@ not ASCII, text that is not Unicode, ids beyond 64 bits, values of the wrong
 kind that happen to be falsy. Each must be a 4xx that names the problem,
 never a 500 with a traceback in the log.
 
-The xfail(strict=True) tests are bugs found here and not fixed yet (the fix
-is proposed in RELIABILITY.md); each turns into a plain failure — XPASS — the
-day the fix lands, and then loses its marker.
+Each test below but the first was written against a bug these inputs found
+(RELIABILITY.md, "Bugs found and fixed", 1, 2, 4 and 5) and failed until it was fixed.
 """
 
 from __future__ import annotations
@@ -67,14 +66,6 @@ NON_ASCII_NUMBERS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (RELIABILITY.md, bug 1): "
-        "api_common.int_param/query_int and the repo-stats 'days' check use "
-        "str.isdigit(), true for '²', which int() then refuses: ValueError, a 500"
-    ),
-)
 @pytest.mark.parametrize(("method", "path"), NON_ASCII_NUMBERS)
 def test_non_ascii_digits_are_refused_not_a_500(api: Api, method: str, path: str) -> None:
     response = api.call(method, path)
@@ -96,14 +87,6 @@ SURROGATE_BODIES = [
 ]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (RELIABILITY.md, bug 2): "
-        "api_common.read_body accepts JSON strings with unpaired surrogates; "
-        "storing them raises UnicodeEncodeError deep in a service: a 500"
-    ),
-)
 @pytest.mark.parametrize(("method", "path", "body"), SURROGATE_BODIES)
 def test_text_that_is_not_unicode_is_refused_not_a_500(
     api: Api, method: str, path: str, body: str
@@ -111,29 +94,18 @@ def test_text_that_is_not_unicode_is_refused_not_a_500(
     assert_refused(api, api.call(method, path, body), 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (RELIABILITY.md, bug 4): "
-        "services/updates._clean_ids checks host ids for >= 1 only; one beyond "
-        "2**63-1 reaches SQLite: OverflowError, a 500"
-    ),
-)
 def test_a_fleet_update_with_a_host_id_beyond_64_bits_is_refused(api: Api) -> None:
     response = api.call("POST", "/agent-updates", '{"host_ids": [9223372036854775808]}')
     assert_refused(api, response, 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (RELIABILITY.md, bug 5, minor): "
-        "credentials.parse_repository reads 'env' with `or {}`, so "
-        "false, 0 and \"\" pass as 'no variables' instead of being refused as not an object"
-    ),
-)
 @pytest.mark.parametrize("env", ["false", "0", '""'])
 def test_a_repository_env_that_is_not_an_object_is_refused(api: Api, env: str) -> None:
     body = '{"slot": "admin", "repository": {"url": "/r", "password": "abcdefg", "env": %s}}'
     response = api.call("PUT", "/hosts/1/credentials", body % env)
     assert_refused(api, response, 400)
+
+
+def test_a_path_id_of_thousands_of_digits_is_a_404_not_a_500(api: Api) -> None:
+    # int() refuses strings of more than 4,300 digits (ValueError): a 500 before.
+    assert_refused(api, api.call("GET", "/hosts/" + "1" * 5000), 404)

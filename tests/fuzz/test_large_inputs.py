@@ -261,9 +261,10 @@ async def test_10k_snapshots_in_a_report(
             "rss_after_mib": round(after["VmRSS"], 1),
         }
         assert ingest < 30
-        # Known: each ~750 KB report is decoded on the event loop (70-200 ms
-        # each); see RELIABILITY.md. Bounded, but far from "a few ms".
-        assert max(latencies["loop"]) < 2.0, "the event loop stalled while snapshots were stored"
+        # Each ~750 KB report is decoded on a worker thread (it took 70-200 ms
+        # on the loop before); what is left is the store thread's share of the
+        # interpreter, 20-35 ms here on 2 busy cores.
+        assert max(latencies["loop"]) < 0.5, "the event loop stalled while snapshots were stored"
         assert max(latencies["api"]) < 5.0
     figures.set("server_10k_snapshots", results)
     assert results["replaced_half"]["peak_growth_mib"] < 100
@@ -272,17 +273,6 @@ async def test_10k_snapshots_in_a_report(
 FLOOD_FRAMES = int(300 * SCALE) if SCALE > 1 else 300
 
 
-@pytest.mark.xfail(
-    SCALE > 1,
-    strict=True,
-    reason=(
-        "BUG (RELIABILITY.md, bug 8): "
-        "glibc raises its mmap threshold after the first large free, so the "
-        "server's 256 KiB-1 MiB frame buffers are then carved from the heap, which fragments: "
-        "at `make fuzz` size (6,000 frames, 4.5 GB) RSS grew by 2.7 GiB and stayed; with "
-        "MALLOC_MMAP_THRESHOLD_=131072 the same flood grows it by 48 MiB"
-    ),
-)
 async def test_a_flood_of_max_size_log_frames_stays_in_bounded_memory(
     server: Server, host: Host, agent: FakeAgent, figures: Figures
 ) -> None:
@@ -444,16 +434,6 @@ async def test_agent_10_mb_hook_line_and_1000_include_paths(
     assert peak_mib < 80
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (RELIABILITY.md, bug 10): "
-        "agent/jobs.py batches log lines by their raw size (256 KiB), but JSON "
-        "escapes a control character as \\u00XX (6 bytes): a hook or restic printing "
-        "control bytes makes a job.log frame over 1 MiB, which client.py then drops from "
-        "the outbox as 'cannot be sent' — those log lines are lost"
-    ),
-)
 async def test_agent_log_of_control_characters_still_fits_frames(
     tmp_path: Path, restic: ResticBinary
 ) -> None:

@@ -110,8 +110,7 @@ def test_a_mutated_payload_is_refused_or_still_well_typed(
     # A mutation that kept the payload valid (e.g. replaced a value with one
     # of the right type): what was accepted can be sent on as it is.
     assert type(got.payload) is cls
-    if _has_surrogate(text):
-        return  # refused nowhere yet: test_strings_that_are_not_unicode_text_… (xfail)
+    assert not _has_surrogate(text), "a string that is not Unicode text was accepted"
     try:
         again = p.decode(p.encode(got.payload, msg_id=got.id, ts=got.ts))
     except p.ProtocolError as exc:
@@ -142,18 +141,19 @@ def test_deep_nesting_is_refused_quickly(depth: int) -> None:
         assert time.perf_counter() - started < DECODE_BUDGET_S
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (RELIABILITY.md, bug 3): "
-        "decode accepts strings with lone surrogates ('\\ud800' escapes); the "
-        "result cannot be encoded again (UnicodeEncodeError, not ProtocolError) nor stored in "
-        "SQLite, so a hello carrying one kills the connection handler with a traceback"
-    ),
-)
 @pytest.mark.parametrize("text", ["\ud800", "a\udfffb"])
 def test_strings_that_are_not_unicode_text_are_refused_at_decode(text: str) -> None:
     frame = json.dumps({"type": "error", "id": "x", "ts": 1, "payload": {"code": "internal",
                         "message": text}})  # fmt: skip
     with pytest.raises(p.ProtocolError):
+        p.decode(frame)
+
+
+def test_keys_that_are_not_unicode_text_are_refused_at_decode() -> None:
+    # Free-form payload fields (a job summary) carry keys nothing else checks.
+    done = p.JobFinished(
+        job_id="j1", seq=1, status="succeeded", finished_at=1.7e9, summary={"files": 1}
+    )
+    frame = p.encode(done).replace('"files"', '"\\udc80files"')
+    with pytest.raises(p.ProtocolError, match="not Unicode text"):
         p.decode(frame)

@@ -336,6 +336,7 @@ async def test_the_systemd_path_writes_a_unit_without_secrets_and_enables_it(
     assert f"ExecStart=/usr/bin/restic-manager-agent run --config {config}\n" in text
     assert "Restart=always" in text and "WantedBy=default.target" in text
     assert "StartLimitIntervalSec=0" in text
+    assert "RestartPreventExitStatus=2\n" in text
     settings = [line.lower() for line in text.splitlines() if not line.startswith("#")]
     for word in ("token", "bearer", "password", "secret", "restic_"):
         assert not any(word in line for line in settings), word

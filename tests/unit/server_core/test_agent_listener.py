@@ -273,3 +273,149 @@ async def test_a_log_for_a_job_never_started_creates_the_job(cp, session):
     view = await cp.jobs.get_job(job)
     assert view.status == "running" and view.log_lines == 1
     assert [line.text for line in await cp.jobs.log(job)] == ["early"]
+
+
+# -- fairness, large frames and malformed HTTP (RELIABILITY.md, findings A-C) -----
+
+
+class _Socket:
+    closed = False
+
+    async def close(self, **_: object) -> None:
+        self.closed = True
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.ws = _Socket()
+        self.sent: list[p.Message] = []
+
+    async def send(self, message: p.Message) -> None:
+        self.sent.append(message)
+
+
+async def test_a_connection_waits_once_its_window_of_unacked_events_is_full() -> None:
+    from server_core import agent_listener as al
+
+    conn = _Conn()
+    sink = al._ConnectionSink(conn)  # type: ignore[arg-type]
+    for i in range(al.MAX_UNACKED_EVENTS):
+        await asyncio.wait_for(sink.reserve(f"e{i}", 10), 1)
+    blocked = asyncio.ensure_future(sink.reserve("next", 10))
+    await asyncio.sleep(0.05)
+    assert not blocked.done(), "the window let one event too many through"
+    await sink.ack(["e0"])  # stored and acknowledged: room for one more
+    await asyncio.wait_for(blocked, 1)
+    assert isinstance(conn.sent[0], p.Ack) and conn.sent[0].ids == ["e0"]
+
+
+async def test_the_window_also_counts_bytes_but_always_takes_one_event() -> None:
+    from server_core import agent_listener as al
+
+    sink = al._ConnectionSink(_Conn())  # type: ignore[arg-type]
+    await asyncio.wait_for(sink.reserve("huge", al.MAX_UNACKED_BYTES * 2), 1)
+    blocked = asyncio.ensure_future(sink.reserve("small", 1))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    # A dropped link frees whoever waits on it (the agent replays later).
+    await sink.abort("replay later")
+    await asyncio.wait_for(blocked, 1)
+
+
+async def test_large_frames_are_decoded_off_the_event_loop(cp, session, monkeypatch):
+    import threading
+
+    from server_core import agent_listener as al
+
+    decoded_on: list[tuple[int, bool]] = []
+    real = al.decode
+
+    def spy(data: str, *, allowed: tuple[type[p.Message], ...] | None = None) -> p.Envelope:
+        decoded_on.append((len(data), threading.current_thread() is threading.main_thread()))
+        return real(data, allowed=allowed)
+
+    monkeypatch.setattr(al, "decode", spy)
+    host_id, agent = await enrolled_agent(cp, session)
+    snaps = [
+        p.SnapshotInfo(
+            id=f"{i:064x}",
+            short_id=f"{i:08x}",
+            time="2024-05-01T12:00:00Z",
+            hostname="web1",
+            paths=["/etc"],
+            tags=[],
+            tree=f"{i:064x}",
+        )
+        for i in range(2000)
+    ]
+    big = p.SnapshotsReport(collected_at=time.time(), snapshots=snaps)
+    small = p.SnapshotsReport(collected_at=time.time(), snapshots=snaps[:3])
+    await agent.acked({await agent.send(big), await agent.send(small)}, timeout=30)
+    sizes = {size > al.DECODE_OFF_LOOP_CHARS: on_loop for size, on_loop in decoded_on}
+    assert sizes == {True: False, False: True}, decoded_on
+    listed = await cp.hosts.get_host(host_id)
+    assert listed.snapshot_count == 3
+
+
+async def test_a_malformed_http_request_on_the_agent_port_is_one_warning_line(cp, caplog):
+    import logging
+    import ssl
+    from urllib.parse import urlsplit
+
+    url = urlsplit(cp.agent_url)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    caplog.set_level(logging.INFO)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port, ssl=context)
+    # Both Content-Length and Transfer-Encoding: what request smuggling tries.
+    writer.write(
+        b"POST " + p.ENROL_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status.split()[1] == b"400", status
+    await asyncio.sleep(0.1)
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not loud, [f"{r.name} {r.levelname} {r.getMessage()}" for r in loud]
+    (line,) = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    assert line.levelno == logging.WARNING
+    assert "127.0.0.1" in line.getMessage() and "Transfer-Encoding" in line.getMessage()
+
+
+def test_the_filter_leaves_other_errors_alone() -> None:
+    import logging
+    import sys
+
+    from server_core.agent_listener import MalformedRequestFilter
+
+    try:
+        raise ValueError("a real bug")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "boom", (), sys.exc_info())
+    assert MalformedRequestFilter().filter(record)
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+
+
+@pytest.mark.parametrize("field", ["hostname", "os", "agent_version", "restic_version"])
+async def test_an_enrol_request_with_text_that_is_not_unicode_is_refused(cp, session, field):
+    import json
+
+    from tests.helpers.fake_agent import pinned
+
+    token = await add_host(cp)
+    body = {"token": token, "hostname": "h", "os": "linux", "arch": "amd64", "agent_version": "1"}
+    body[field] = "x\\ud800"  # JSON's spelling of an unpaired surrogate, once dumped
+    raw = json.dumps(body).replace("\\\\ud800", "\\ud800")
+    async with session.post(
+        cp.agent_url + p.ENROL_PATH,
+        data=raw,
+        headers={"Content-Type": "application/json"},
+        ssl=pinned(cp.certificate.sha256),
+    ) as resp:
+        assert resp.status == 400, await resp.text()
+        assert field in (await resp.json())["error"]["message"]
+    # Refused before anything was written: the token still enrols a real agent.
+    assert (await enrol(session, cp.agent_url, cp.certificate.sha256, token))["host_id"]

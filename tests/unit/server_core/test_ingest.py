@@ -153,3 +153,19 @@ async def test_snapshot_reports_in_pages_replace_the_list_only_when_complete(sto
     await submit(ingestor, sink, 1, p.SnapshotsReport(collected_at=10.0, snapshots=[]))
     await asyncio.sleep(0.3)
     assert await store.call(lambda: Snapshot.select().where(Snapshot.host == 1).count()) == 3997
+
+
+async def test_a_batch_that_fails_unexpectedly_drops_its_links(ingestor, monkeypatch):
+    # Neither acknowledged nor refused: the agent must be told (its link
+    # dropped, so it replays), or its window of unacknowledged events stays full.
+    async def broken(batch: list[Incoming]) -> None:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(ingestor, "_commit", broken)
+    sink = Sink()
+    await submit(ingestor, sink, 1, p.JobLog(job_id="j" * 8, seq=1, lines=[]))
+    for _ in range(100):
+        if sink.aborted:
+            break
+        await asyncio.sleep(0.01)
+    assert sink.aborted and not sink.acked
