@@ -3,6 +3,7 @@ at the edge, the error shape, and the acting API token."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -92,3 +93,14 @@ def optional_id(body: dict[str, Any], name: str) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_ID:
         raise InvalidInput(f"'{name}' must be a positive integer", field=name)
     return value
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for "localhost" and loopback addresses (v4 and v6), False for any
+    other name or address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

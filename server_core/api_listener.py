@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from server_core.api_common import (
     Handler,
     error_response,
     int_param,
+    is_loopback_host,
     is_whole_number,
     optional_id,
     query_int,
@@ -51,13 +51,6 @@ JOB_SPECS: dict[str, tuple[str, ...]] = {
     "restore": ("snapshot_id", "paths", "target_dir", "in_place", "confirm_hostname"),
     "diff": ("snapshot_a", "snapshot_b"),
 }
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def tree_listing_json(listing: TreeListing) -> dict[str, Any]:
@@ -193,7 +186,7 @@ class ApiListener:
         if request.match_info.route.name == METRICS_ROUTE:
             return await handler(request)  # its own token, checked by the handler
         source = request.remote or "unknown"
-        limited = not _is_loopback(source)
+        limited = not is_loopback_host(source)
         held = self._failures.check(source) if limited else None
         if held is not None and not held.allowed:
             self._refusals.record(

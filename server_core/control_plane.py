@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from server_core.agent_downloads import AgentDownloads, bundled_installers_dir
 from server_core.agent_listener import AgentListener, http_logger
+from server_core.api_common import is_loopback_host
 from server_core.api_listener import ApiListener
 from server_core.crypto import SecretBox, load_or_create_data_key
 from server_core.events import EventBus
@@ -50,15 +50,6 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "restic-manager.sqlite3"
 ALLOW_REMOTE_API_FLAG = "--allow-remote-api"
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class UnsafeApiListen(ValueError):
