@@ -5,7 +5,7 @@ PY      := .venv/bin/python
 DATA    ?= $(HOME)/.local/share/restic-manager
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean bench dist fuzz
+.PHONY: bootstrap run serve screenshots test lint typecheck unit integration fmt clean bench dist fuzz soak
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -67,6 +67,16 @@ bench-summary:
 fuzz: bootstrap
 	FUZZ_SCALE=20 FUZZ_WS_FRAMES=100000 FUZZ_API_EXAMPLES=250 FUZZ_RESULTS=tests/fuzz/results \
 		$(PY) -m pytest tests/fuzz -q -p no:cacheprovider --timeout=7200 $(PYTEST_ARGS)
+
+# Faults during backups at full size (`make test` runs a small variant: two
+# agents, one fault of each kind): three agents in network namespaces, real
+# restic, 50 faults (link cuts up to 120 s, control plane, agent and restic
+# killed with SIGKILL). Figures go to tests/soak/results/ for RELIABILITY.md.
+# SOAK_FAULTS=N and SOAK_SEED=N override the count and the seed. The fault
+# soak alone takes ~20 min on 2 cores.
+soak: bootstrap
+	SOAK_FULL=1 SOAK_RESULTS=tests/soak/results \
+		$(PY) -m pytest tests/soak -q -p no:cacheprovider --timeout=14400 $(PYTEST_ARGS)
 
 # The one-file agent (dist/agents/) and the one-folder desktop app
 # (dist/restic-manager/, smoke-checked), each rebuilt only when its inputs

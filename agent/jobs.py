@@ -978,6 +978,10 @@ class JobRunner:
         result = await self._run_hook(
             job, "pre", command, self._hook_vars(job, group), job.cancel, self._hook_timeout
         )
+        # What the hook printed goes to the outbox now, not with restic's first
+        # lines up to LOG_FLUSH_INTERVAL_S later: an agent killed in between
+        # would lose the record of what the hook did.
+        job.flush_logs()
         if result.cancelled:
             raise _JobCancelled()
         if not result.ok:

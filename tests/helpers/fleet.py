@@ -97,6 +97,8 @@ class ControlPlaneProcess:
     agent_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # The agent listener's address: 0.0.0.0 lets agents in network namespaces in.
+    agent_host: str = "127.0.0.1"
 
     @property
     def api_base(self) -> str:
@@ -115,7 +117,7 @@ class ControlPlaneProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--agent-listen",
-                f"127.0.0.1:{self.agent_port}",
+                f"{self.agent_host}:{self.agent_port}",
                 "--api-listen",
                 f"127.0.0.1:{self.api_port}",
             ],
