@@ -31,7 +31,7 @@ from server_core.rate_limit import FailureGuard, retry_after_header
 from server_core.services.api_tokens import authenticate_api_token
 from server_core.services.audit_log import AuditService
 from server_core.services.context import Actor, ServiceContext
-from server_core.services.enrolment import EnrolmentService, RefusalAudit, parse_new_host
+from server_core.services.enrolment import EnrolmentService, parse_new_host
 from server_core.services.hosts import HostService
 from server_core.services.jobs import JobService
 from server_core.services.maintenance import RUN_NOW_KINDS, MaintenanceService
@@ -108,7 +108,7 @@ class ApiListener:
         self._updates = updates
         # Wrong API tokens: audited (a row per source a minute), and held off per
         # source when the API is reachable from other machines.
-        self._refusals = RefusalAudit(ctx)
+        self._refusals = enrolment.refusals
         self._failures = FailureGuard()
 
     def app(self) -> web.Application:

@@ -329,6 +329,12 @@ class ControlPlane:
             await self.alert_engine.stop()
         if hasattr(self, "notifications"):
             await self.notifications.stop()
+        # Refusals are audited in the background: their rows go in before the
+        # store closes.
+        if hasattr(self, "enrolment"):
+            await self.enrolment.refusals.flush()
+        if hasattr(self, "rpc"):
+            await self.rpc.flush()
         await self.store.close()
 
 

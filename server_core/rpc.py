@@ -146,6 +146,11 @@ class RpcBroker:
         if not pending.future.done():
             pending.future.set_result(result)
 
+    async def flush(self) -> None:
+        """Wait for the audit rows under way (shutdown)."""
+        while self._audits:
+            await asyncio.gather(*list(self._audits), return_exceptions=True)
+
     def _audit_refused(self, host_id: int, pending: _Pending) -> None:
         task = asyncio.get_running_loop().create_task(self._write_refusal(host_id, pending))
         self._audits.add(task)

@@ -273,9 +273,14 @@ async def _spawn(
         try:
             return await asyncio.shield(spawning), cancelled
         except asyncio.CancelledError:
-            if spawning.done():
+            if not spawning.done():
+                cancelled = True
+                continue
+            # Cancelled just as the spawn finished: the process exists and
+            # must get the same graceful stop.
+            if spawning.cancelled() or spawning.exception() is not None:
                 raise
-            cancelled = True
+            return spawning.result(), True
 
 
 async def run_restic(

@@ -447,8 +447,20 @@ class EnrolmentService:
 
     async def authenticate_agent(self, authorization: str, source: str | None) -> int | AuthRefused:
         """The host an agent's ``Authorization`` header names, or why it is refused
-        (audited; a source that keeps failing is held off without a check)."""
+        (audited). A valid bearer always gets in: many agents share one source
+        address behind NAT, and a few revoked ones (or a stranger on the same
+        network) must not lock the others out. Failures are what is limited: a
+        source that keeps failing gets 429 with ``Retry-After`` instead of 401,
+        which slows a guesser down and keeps its audit rows few."""
         where = source or "unknown"
+        scheme, _, bearer = authorization.partition(" ")
+        host_id = None
+        reason = "no bearer"
+        if scheme.lower() == "bearer" and bearer.strip():
+            host_id = await self.authenticate(bearer.strip())
+            reason = "unknown or revoked bearer"
+        if host_id is not None:
+            return host_id
         held = self.failures.check(where)
         if not held.allowed:
             self.refusals.record(
@@ -461,14 +473,6 @@ class EnrolmentService:
                 "rate limited",
                 retry_after_header(held.retry_after_s),
             )
-        scheme, _, bearer = authorization.partition(" ")
-        host_id = None
-        reason = "no bearer"
-        if scheme.lower() == "bearer" and bearer.strip():
-            host_id = await self.authenticate(bearer.strip())
-            reason = "unknown or revoked bearer"
-        if host_id is not None:
-            return host_id
         self.failures.failed(where)
         self.refusals.record("agent", "agent.auth_refused", source, {"reason": reason})
         return AuthRefused(
