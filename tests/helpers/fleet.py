@@ -288,3 +288,22 @@ def files_containing(roots: list[Path], needle: bytes) -> list[Path]:
             except OSError:
                 continue
     return hits
+
+
+def put_group(api: Api, host_id: int, group: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """PUT a source group as the API listed it, with ``changes`` applied."""
+    body = {
+        key: group[key]
+        for key in (
+            "name",
+            "includes",
+            "excludes",
+            "retention",
+            "retry_max",
+            "retry_backoff_seconds",
+            "pre_hook",
+            "post_hook",
+        )
+    }
+    body.update(changes)
+    return api.call("PUT", f"/hosts/{host_id}/source-groups/{group['id']}", body)  # type: ignore[no-any-return]

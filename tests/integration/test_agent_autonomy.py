@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.fleet import AgentProcess, Api, ApiError, make_tree, wait_for
+from tests.helpers.fleet import AgentProcess, Api, ApiError, make_tree, put_group, wait_for
 from tests.integration.test_walking_skeleton import wait_job, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -200,24 +200,6 @@ def test_a_window_missed_while_the_agent_was_stopped_runs_once_on_start(
 
 
 # -- hooks -----------------------------------------------------------------------------
-
-
-def put_group(api: Api, host_id: int, group: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    body = {
-        key: group[key]
-        for key in (
-            "name",
-            "includes",
-            "excludes",
-            "retention",
-            "retry_max",
-            "retry_backoff_seconds",
-            "pre_hook",
-            "post_hook",
-        )
-    }
-    body.update(changes)
-    return api.call("PUT", f"/hosts/{host_id}/source-groups/{group['id']}", body)  # type: ignore[no-any-return]
 
 
 def run_backup(api: Api, host_id: int, group_id: int) -> dict[str, Any]:

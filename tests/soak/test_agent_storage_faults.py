@@ -41,6 +41,7 @@ from tests.helpers.fleet import (
     ControlPlaneProcess,
     child_env,
     make_tree,
+    put_group,
     wait_for,
 )
 from tests.helpers.restic_bins import RESTIC_BINARIES
@@ -355,24 +356,16 @@ def test_a_full_state_dir_while_a_job_streams_its_log_loses_nothing(tmp_path: Pa
                 "the repository to be initialised",
             )
             (group,) = api.get(f"/hosts/{host_id}/source-groups")
-            body = {
-                key: group[key]
-                for key in (
-                    "name",
-                    "includes",
-                    "excludes",
-                    "retention",
-                    "retry_max",
-                    "retry_backoff_seconds",
-                    "post_hook",
-                )
-            }
-            body["pre_hook"] = (
-                f"for b in $(seq 0 {HOOK_BLOCKS - 1}); do "
-                f"seq -f 'n %.0f' $((b*{HOOK_BLOCK_LINES}+1)) $((b*{HOOK_BLOCK_LINES}+"
-                f"{HOOK_BLOCK_LINES})); sleep 0.1; done"
+            put_group(
+                api,
+                host_id,
+                group,
+                pre_hook=(
+                    f"for b in $(seq 0 {HOOK_BLOCKS - 1}); do "
+                    f"seq -f 'n %.0f' $((b*{HOOK_BLOCK_LINES}+1)) $((b*{HOOK_BLOCK_LINES}+"
+                    f"{HOOK_BLOCK_LINES})); sleep 0.1; done"
+                ),
             )
-            api.call("PUT", f"/hosts/{host_id}/source-groups/{group['id']}", body)
             job_id = api.post(
                 f"/hosts/{host_id}/jobs", {"kind": "backup", "source_group_id": group["id"]}
             )["job_id"]

@@ -41,7 +41,14 @@ import pytest
 from agent import protocol as p
 from server_core.control_plane import DB_FILE
 from tests.helpers.fake_agent import enrol, pinned
-from tests.helpers.fleet import AgentProcess, Api, ControlPlaneProcess, make_tree, wait_for
+from tests.helpers.fleet import (
+    AgentProcess,
+    Api,
+    ControlPlaneProcess,
+    make_tree,
+    put_group,
+    wait_for,
+)
 from tests.helpers.restic_bins import RESTIC_BINARIES
 
 pytestmark = pytest.mark.integration
@@ -285,20 +292,9 @@ def start_real_agent(
         "the real agent's repository to be ready",
     )
     (group,) = api.get(f"/hosts/{host_id}/source-groups")
-    body = {
-        key: group[key]
-        for key in (
-            "name",
-            "includes",
-            "excludes",
-            "retention",
-            "retry_max",
-            "retry_backoff_seconds",
-            "post_hook",
-        )
-    }
-    body["pre_hook"] = hook_script(HOOK_BLOCKS, HOOK_BLOCK_LINES, HOOK_PAUSE_S)
-    api.call("PUT", f"/hosts/{host_id}/source-groups/{group['id']}", body)
+    put_group(
+        api, host_id, group, pre_hook=hook_script(HOOK_BLOCKS, HOOK_BLOCK_LINES, HOOK_PAUSE_S)
+    )
     job_id = api.post(f"/hosts/{host_id}/jobs", {"kind": "backup", "source_group_id": group["id"]})[
         "job_id"
     ]
